@@ -1,0 +1,204 @@
+"""Settings as one frozen value object, read from command-line flags and ``LAF_*`` variables.
+
+Precedence: a flag given on the command line, then the environment variable, then the default.
+Every bad value becomes a :class:`ConfigError` whose message is one line saying what is wrong
+and what to set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .exceptions import ConfigError
+
+__all__ = ["OPTIONS", "Option", "Settings"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a server needs to start. Build it directly or with :meth:`Settings.load`."""
+
+    functions_dir: Path = Path("functions")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    reload: bool = True
+    timeout: float = 60.0
+    shutdown_grace: float = 10.0
+    websocket_error_frames: bool = True
+    log_level: str = "info"
+
+    @property
+    def data_dir(self) -> Path:
+        """Where laf-py keeps its own files: ``.laf/`` beside the functions folder."""
+        return self.functions_dir.resolve().parent / ".laf"
+
+    @classmethod
+    def load(
+        cls, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from flags (by field name; None means "not given") and the environment."""
+        flags = flags or {}
+        environ = environ if environ is not None else {}
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            given = flags.get(option.field)
+            if given is not None:
+                source, raw = option.flag, given
+            elif option.env in environ:
+                source, raw = option.env, environ[option.env]
+            else:
+                continue
+            values[option.field] = option.parse_from(source, raw)
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """Return self if every value makes sense together, else raise ConfigError."""
+        if not self.functions_dir.is_dir():
+            what = "is not a folder" if self.functions_dir.exists() else "does not exist"
+            raise ConfigError(
+                f"functions folder {str(self.functions_dir)!r} {what}; "
+                "create it or point --functions / LAF_FUNCTIONS at one"
+            )
+        return self
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting as the CLI and the environment see it."""
+
+    field: str
+    flag: str
+    env: str
+    parse: Callable[[str], Any]
+    expects: str
+    help: str
+
+    def parse_from(self, source: str, raw: Any) -> Any:
+        if not isinstance(raw, str):
+            raw = str(raw)
+        try:
+            return self.parse(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{source}={raw!r} is not valid: expected {self.expects} "
+                f"(set {self.flag} or {self.env})"
+            ) from None
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError(raw)
+    return port
+
+
+def _positive(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _host(raw: str) -> str:
+    if not raw.strip() or any(c.isspace() for c in raw):
+        raise ValueError(raw)
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    if raw.lower() not in LOG_LEVELS:
+        raise ValueError(raw)
+    return raw.lower()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "functions_dir",
+        "--functions",
+        "LAF_FUNCTIONS",
+        Path,
+        "a folder",
+        "folder of function files (default ./functions)",
+    ),
+    Option(
+        "host",
+        "--host",
+        "LAF_HOST",
+        _host,
+        "a host name or address",
+        "address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    ),
+    Option(
+        "port",
+        "--port",
+        "LAF_PORT",
+        _port,
+        "a port number 0-65535",
+        "port to listen on (default 8000; 0 picks a free one)",
+    ),
+    Option(
+        "reload",
+        "--reload",
+        "LAF_RELOAD",
+        _bool,
+        "true or false",
+        "reload function files when they change (default true)",
+    ),
+    Option(
+        "timeout",
+        "--timeout",
+        "LAF_TIMEOUT",
+        _positive,
+        "seconds > 0",
+        "default time limit of one function call (default 60)",
+    ),
+    Option(
+        "shutdown_grace",
+        "--shutdown-grace",
+        "LAF_SHUTDOWN_GRACE",
+        _non_negative,
+        "seconds >= 0",
+        "how long shutdown waits for calls in flight (default 10)",
+    ),
+    Option(
+        "websocket_error_frames",
+        "--websocket-error-frames",
+        "LAF_WEBSOCKET_ERROR_FRAMES",
+        _bool,
+        "true or false",
+        "send {error, request_id} to a client whose message failed (default true)",
+    ),
+    Option(
+        "log_level",
+        "--log-level",
+        "LAF_LOG_LEVEL",
+        _log_level,
+        "|".join(LOG_LEVELS),
+        "logging level (default info)",
+    ),
+)
