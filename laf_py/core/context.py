@@ -1,0 +1,93 @@
+"""FunctionContext: everything one call of ``main(ctx)`` sees."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .response import Response
+
+if TYPE_CHECKING:
+    from ..cloud.sockets import Socket
+
+__all__ = ["FunctionContext", "new_request_id"]
+
+WS_CONNECTION = "WebSocket:connection"
+WS_MESSAGE = "WebSocket:message"
+WS_CLOSE = "WebSocket:close"
+INIT = "INIT"
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def new_request_id() -> str:
+    """A fresh 96-bit random id, 24 hex characters."""
+    return os.urandom(12).hex()
+
+
+class FunctionContext:
+    """The argument of every ``main(ctx)``.
+
+    For HTTP calls ``method`` is the HTTP method; for WebSocket events it is
+    ``"WebSocket:connection"``, ``"WebSocket:message"`` or ``"WebSocket:close"``, and
+    ``headers``, ``query`` and ``user`` are those of the handshake on every event.
+    """
+
+    __slots__ = (
+        "_request_id",
+        "_response",
+        "body",
+        "function_name",
+        "headers",
+        "method",
+        "params",
+        "query",
+        "socket",
+        "user",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        function_name: str,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: Mapping[str, str] = _EMPTY,
+        query: Mapping[str, str] = _EMPTY,
+        body: Any = None,
+        user: dict[str, Any] | None = None,
+        socket: Socket | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.method = method
+        self.function_name = function_name
+        self.params: dict[str, Any] = params if params is not None else {}
+        self.headers = headers
+        self.query = query
+        self.body = body
+        self.user = user
+        self.socket = socket
+        self._request_id = request_id
+        self._response: Response | None = None
+
+    @property
+    def request_id(self) -> str:
+        """A new id per call or event; made on first use, so events that never log pay nothing."""
+        if self._request_id is None:
+            self._request_id = new_request_id()
+        return self._request_id
+
+    @property
+    def response(self) -> Response:
+        """Status, headers and content type for the value ``main`` returns (HTTP only)."""
+        if self._response is None:
+            self._response = Response()
+        return self._response
+
+    @property
+    def response_if_touched(self) -> Response | None:
+        return self._response
+
+    def __repr__(self) -> str:
+        return f"<FunctionContext {self.method} {self.function_name!r}>"

@@ -1,0 +1,32 @@
+"""One place that turns an exception from a function into what the client is told.
+
+``HTTPError`` (timeouts included) is the function's own answer and goes to the client as is;
+anything else is a bug: logged with its traceback, reported to the client as a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..exceptions import FunctionTimeoutError, HTTPError
+
+__all__ = ["INTERNAL_ERROR", "describe_failure"]
+
+log = logging.getLogger("laf_py")
+
+INTERNAL_ERROR = "Internal Server Error"
+
+
+def describe_failure(
+    exc: BaseException, function_name: str, request_id: str, socket_id: str | None = None
+) -> tuple[int, str]:
+    """Log ``exc`` as it deserves and return the (status, message) for the client."""
+    where = f"function {function_name!r} (request {request_id}"
+    where += f", socket {socket_id})" if socket_id else ")"
+    if isinstance(exc, FunctionTimeoutError):
+        log.warning("%s timed out after %gs", where, exc.seconds)
+        return exc.status, exc.message
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.message
+    log.error("%s raised %s", where, type(exc).__name__, exc_info=exc)
+    return 500, INTERNAL_ERROR

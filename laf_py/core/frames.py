@@ -1,0 +1,42 @@
+"""Server-to-client WebSocket frames (RFC 6455), encoded once so one message can be written to
+any number of connections without encoding it again."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from . import jsoncodec
+
+__all__ = ["BINARY", "TEXT", "encode_frame", "encode_payload", "frame"]
+
+TEXT = 0x1
+BINARY = 0x2
+_FIN = 0x80
+
+
+def encode_payload(message: Any) -> tuple[int, bytes]:
+    """str → text, bytes → binary, dict/list → JSON text; anything else is a TypeError."""
+    if isinstance(message, str):
+        return TEXT, message.encode()
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return BINARY, bytes(message)
+    if isinstance(message, (dict, list)):
+        return TEXT, jsoncodec.dumps(message)
+    raise TypeError(f"cannot send {type(message).__name__}; send str, bytes, dict or list")
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked frame (servers never mask)."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", _FIN | opcode, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", _FIN | opcode, 126, length)
+    else:
+        header = struct.pack("!BBQ", _FIN | opcode, 127, length)
+    return header + payload
+
+
+def encode_frame(message: Any) -> bytes:
+    return frame(*encode_payload(message))

@@ -1,0 +1,77 @@
+"""Calling ``main(ctx)``: async on the loop, plain ``def`` in a thread pool, within a time limit,
+and wrapped by the interceptor when there is one."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from concurrent.futures import Executor
+from typing import Any
+
+from ..exceptions import FunctionTimeoutError
+from .context import FunctionContext
+from .registry import Function
+
+__all__ = ["Invoker"]
+
+
+class Invoker:
+    """Runs functions for one runtime: its thread pool and its default time limit."""
+
+    def __init__(self, executor: Executor, default_timeout: float) -> None:
+        self._executor = executor
+        self._default_timeout = default_timeout
+
+    async def call(
+        self, function: Function, ctx: FunctionContext, interceptor: Function | None = None
+    ) -> tuple[Any, bool]:
+        """Run ``function`` (through ``interceptor`` if given) and return its result and
+        whether the function itself ran: False when the interceptor did not call ``next``.
+
+        Raises what the function raises, or FunctionTimeoutError past its time limit.
+        """
+        seconds = function.timeout or self._default_timeout
+        reached = False
+
+        async def run_target(inner_ctx: FunctionContext) -> Any:
+            nonlocal reached
+            reached = True
+            return await self._run(function, inner_ctx)
+
+        try:
+            async with asyncio.timeout(seconds) as limit:
+                if interceptor is None:
+                    result = await run_target(ctx)
+                else:
+                    result = await self._run_interceptor(interceptor, ctx, run_target)
+        except TimeoutError:
+            if limit.expired():
+                raise FunctionTimeoutError(function.name, seconds) from None
+            raise
+        return result, reached
+
+    async def _run(self, function: Function, ctx: FunctionContext, *extra: Any) -> Any:
+        main = function.main
+        assert main is not None, "callers check Function.error first"
+        if function.is_async:
+            return await main(ctx, *extra)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._executor, main, ctx, *extra)
+        if inspect.isawaitable(result):  # a plain def that returned a coroutine
+            result = await result
+        return result
+
+    async def _run_interceptor(
+        self, interceptor: Function, ctx: FunctionContext, run_target: Any
+    ) -> Any:
+        if interceptor.is_async:
+            return await self._run(interceptor, ctx, run_target)
+
+        # A plain-def interceptor runs in a thread; its `next` blocks that thread while the
+        # function runs on the loop.
+        loop = asyncio.get_running_loop()
+
+        def next_blocking(inner_ctx: FunctionContext) -> Any:
+            return asyncio.run_coroutine_threadsafe(run_target(inner_ctx), loop).result()
+
+        return await self._run(interceptor, ctx, next_blocking)

@@ -1,0 +1,105 @@
+"""Import function files as modules of one synthetic package, ``laf_functions``.
+
+Function files can share code the ordinary way (``from laf_functions import _helpers``).
+Modules are compiled from source on every load: bytecode caches are keyed by mtime and size,
+so two edits within one second could otherwise bring back the old code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import traceback
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..exceptions import FunctionLoadError
+
+__all__ = ["PACKAGE", "ModuleLoader", "module_name"]
+
+PACKAGE = "laf_functions"
+
+
+def module_name(function_name: str) -> str:
+    """``"user/profile"`` → ``"laf_functions.user.profile"``."""
+    return f"{PACKAGE}.{function_name.replace('/', '.')}"
+
+
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    def get_code(self, fullname: str) -> types.CodeType:
+        path = self.get_filename(fullname)
+        return compile(self.get_data(path), path, "exec", dont_inherit=True)
+
+
+class _FunctionsFinder(importlib.abc.MetaPathFinder):
+    """Finds ``laf_functions.*`` in the functions folder, with the source-only loader."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(PACKAGE + ".") or path is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            assert spec.origin is not None
+            spec.loader = _SourceOnlyLoader(fullname, spec.origin)
+        return spec
+
+
+class ModuleLoader:
+    """Owns the ``laf_functions`` package for one functions folder (one per process)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self._finder = _FunctionsFinder()
+        package = types.ModuleType(PACKAGE, "Function files of the running laf-py server.")
+        package.__path__ = [str(self.root)]
+        sys.modules[PACKAGE] = package
+        sys.meta_path.insert(0, self._finder)
+
+    def load(self, function_name: str) -> types.ModuleType:
+        """Import one function file; raise FunctionLoadError naming the file and line."""
+        name = module_name(function_name)
+        try:
+            return importlib.import_module(name)
+        except BaseException as exc:  # a module may even raise SystemExit at import
+            sys.modules.pop(name, None)
+            raise self._describe(exc) from exc
+
+    def purge(self) -> None:
+        """Forget every loaded module so the next load reads the files again."""
+        for name in [n for n in sys.modules if n.startswith(PACKAGE + ".")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+
+    def close(self) -> None:
+        self.purge()
+        sys.modules.pop(PACKAGE, None)
+        if self._finder in sys.meta_path:
+            sys.meta_path.remove(self._finder)
+
+    def _describe(self, exc: BaseException) -> FunctionLoadError:
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SyntaxError) and exc.filename:
+            return FunctionLoadError(self._display(exc.filename), exc.lineno, reason)
+        # The deepest frame inside the functions folder is where the user has to look.
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            if self._inside(frame.filename):
+                return FunctionLoadError(self._display(frame.filename), frame.lineno, reason)
+        return FunctionLoadError(str(self.root), None, reason)
+
+    def _inside(self, filename: str) -> bool:
+        return Path(filename).resolve().is_relative_to(self.root)
+
+    def _display(self, filename: str) -> str:
+        path = Path(filename).resolve()
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)

@@ -1,0 +1,51 @@
+"""Watch the functions folder and report changed Python files, via watchfiles (inotify)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import watchfiles
+
+__all__ = ["FolderWatcher"]
+
+log = logging.getLogger("laf_py")
+
+
+class FolderWatcher:
+    """Calls ``on_change(paths)`` on the event loop after each burst of edits."""
+
+    def __init__(self, root: Path, on_change: Callable[[set[Path]], None]) -> None:
+        self._root = root
+        self._on_change = on_change
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="laf-py watcher")
+        # One turn of the loop lets awatch set up its inotify watches before we return, so
+        # an edit made right after start-up is not missed.
+        await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        try:
+            async for changes in watchfiles.awatch(
+                self._root,
+                watch_filter=watchfiles.PythonFilter(),
+                stop_event=self._stop,
+                debounce=1000,
+                step=30,
+            ):
+                try:
+                    self._on_change({Path(path) for _, path in changes})
+                except Exception:
+                    log.exception("reloading functions failed")
+        except Exception:
+            log.exception("watching %s failed; hot reload is off", self._root)
