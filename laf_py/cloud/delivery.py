@@ -1,0 +1,93 @@
+"""Delivery: what every send returns. The send has already happened; awaiting it is optional
+and gives the number of connections reached."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+__all__ = ["Delivery", "LoopBridge"]
+
+
+class Delivery:
+    """The outcome of ``send``, ``publish``, ``send_to_user`` or ``broadcast``.
+
+    ``await delivery`` → the count of connections reached (0 when the socket was closed).
+    For ``socket.send`` it also waits until the frame is written out. Plain-``def`` functions,
+    which cannot await, use :meth:`result`.
+    """
+
+    __slots__ = ("_count", "_flushed", "_future")
+
+    def __init__(
+        self,
+        count: int = 0,
+        *,
+        flushed: Awaitable[Any] | None = None,
+        future: concurrent.futures.Future[Delivery] | None = None,
+    ) -> None:
+        self._count = count
+        self._flushed = flushed
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, int]:
+        if self._future is not None:
+            handed_over = yield from asyncio.wrap_future(self._future).__await__()
+            return (yield from handed_over.__await__())
+        if self._flushed is not None:
+            try:
+                yield from self._flushed.__await__()
+            except Exception:  # the connection went away before the frame was written
+                return 0
+        return self._count
+
+    def result(self, timeout: float | None = None) -> int:
+        """The count, for code outside the event loop (a plain ``def main``)."""
+        if self._future is not None:
+            return self._future.result(timeout).result()
+        return self._count
+
+    def __repr__(self) -> str:
+        state = "pending" if self._future is not None and not self._future.done() else "sent"
+        return f"<Delivery {state}>"
+
+
+class LoopBridge:
+    """Runs socket operations on the event loop, whichever thread asks for them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._thread_id = threading.get_ident()
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    def deliver(self, send: Callable[..., Delivery], *args: Any) -> Delivery:
+        """Call ``send(*args)`` now if on the loop thread, else schedule it there."""
+        if threading.get_ident() == self._thread_id:
+            return send(*args)
+        future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(send(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        try:
+            self.loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop is closed: the server has stopped
+            return Delivery(0)
+        return Delivery(future=future)
+
+    def call(self, action: Callable[..., None], *args: Any) -> None:
+        """Run a fire-and-forget action on the loop thread."""
+        if threading.get_ident() == self._thread_id:
+            action(*args)
+            return
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(action, *args)
