@@ -1,0 +1,45 @@
+"""Counts what is in flight (HTTP calls, WebSocket connections) so shutdown can wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+
+__all__ = ["Activity"]
+
+
+class Activity:
+    def __init__(self) -> None:
+        self.draining = False
+        self.requests = 0
+        self.connections = 0
+        self._changed = asyncio.Event()
+
+    def begin_request(self) -> None:
+        self.requests += 1
+
+    def end_request(self) -> None:
+        self.requests -= 1
+        self._changed.set()
+
+    def begin_connection(self) -> None:
+        self.connections += 1
+
+    def end_connection(self) -> None:
+        """A connection closed and its ``close`` event has finished."""
+        self.connections -= 1
+        self._changed.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; False if ``timeout`` ran out first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.requests or self.connections:
+            self._changed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True

@@ -1,0 +1,52 @@
+"""What every laf-py handler shares: JSON errors with a request id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+
+from ..core.context import new_request_id
+from ..core.response import error_body
+from ..runtime import Runtime
+from .activity import Activity
+
+__all__ = ["BaseHandler", "NotFoundHandler"]
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    runtime: Runtime
+    activity: Activity
+
+    def initialize(self, runtime: Runtime, activity: Activity) -> None:
+        self.runtime = runtime
+        self.activity = activity
+
+    @property
+    def request_id(self) -> str:
+        request_id = self._headers.get("X-Request-Id")
+        if request_id is None:
+            request_id = new_request_id()
+            self.set_header("X-Request-Id", request_id)
+        return request_id
+
+    def send_error_json(self, status: int, message: str, **headers: str) -> None:
+        """Finish with ``{"error": message, "request_id": ...}``."""
+        request_id = self.request_id
+        self.clear()
+        self.set_status(status)
+        self.set_header("X-Request-Id", request_id)
+        for name, value in headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(error_body(message, request_id))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Errors Tornado raises itself (unsupported method, malformed request, ...).
+        reason = self._reason if status_code != 500 else "Internal Server Error"
+        self.send_error_json(status_code, reason)
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        self.send_error_json(404, f"No route for {self.request.path}")

@@ -1,0 +1,99 @@
+"""HTTP functions: ``/fn/<name>`` → ``functions/<name>.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core import body as bodies
+from ..core.context import FunctionContext
+from ..core.failures import describe_failure
+from ..core.response import render
+from .base import BaseHandler
+
+__all__ = ["FunctionHandler", "HealthHandler"]
+
+
+class FunctionHandler(BaseHandler):
+    SUPPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    async def get(self, name: str) -> None:
+        self.activity.begin_request()
+        try:
+            await self._call(name)
+        finally:
+            self.activity.end_request()
+
+    post = put = patch = delete = options = get
+
+    def compute_etag(self) -> None:
+        return None  # functions are dynamic; hashing every body would only cost time
+
+    async def _call(self, name: str) -> None:
+        if self.activity.draining:
+            return self.send_error_json(503, "Server is shutting down", Connection="close")
+        function = self.runtime.registry.public(name)
+        if function is None:
+            return self.send_error_json(404, f"Function {name!r} not found")
+        if function.error is not None:
+            return self.send_error_json(500, f"Function {name!r} failed to load; see server log")
+        method = self.request.method or "GET"
+        if function.methods is not None and method not in function.methods:
+            allow = ", ".join(sorted(function.methods))
+            return self.send_error_json(405, f"Method {method} not allowed", Allow=allow)
+        interceptor = self.runtime.interceptor
+        if interceptor is not None and interceptor.error is not None:
+            # Fail closed: an interceptor usually guards access.
+            return self.send_error_json(500, "Interceptor failed to load; see server log")
+
+        ctx = FunctionContext(
+            method,
+            name,
+            headers=self.request.headers,
+            query=bodies.parse_query(self.request.query),
+            request_id=self.request_id,
+        )
+        try:
+            ctx.body = self._body()
+            result, _ = await self.runtime.invoker.call(function, ctx, interceptor)
+            rendered = render(result, ctx.response_if_touched)
+        except Exception as exc:
+            status, message = describe_failure(exc, name, ctx.request_id)
+            return self.send_error_json(status, message)
+
+        self.set_status(rendered.status)
+        for header, value in rendered.headers.items():
+            self.set_header(header, value)
+        if rendered.status == 204 or not rendered.body:
+            self.clear_header("Content-Type")
+        self.finish(rendered.body)
+
+    def _body(self) -> Any:
+        content_type = self.request.headers.get("Content-Type", "")
+        media_type, _ = bodies.split_content_type(content_type)
+        if media_type == "multipart/form-data" and self.request.body:
+            return self._multipart_form()
+        return bodies.parse_body(content_type, self.request.body)
+
+    def _multipart_form(self) -> dict[str, Any]:
+        """Fields as str; files as {"filename", "content_type", "body"}. Last value wins."""
+        form: dict[str, Any] = {
+            key: values[-1].decode("utf-8", "replace")
+            for key, values in self.request.body_arguments.items()
+        }
+        for key, files in self.request.files.items():
+            file = files[-1]
+            form[key] = {
+                "filename": file.filename,
+                "content_type": file.content_type,
+                "body": file.body,
+            }
+        return form
+
+
+class HealthHandler(BaseHandler):
+    """``GET /_/healthz``: 200 while serving, 503 once shutdown has begun."""
+
+    def get(self) -> None:
+        if self.activity.draining:
+            return self.send_error_json(503, "Server is shutting down")
+        self.finish({"status": "ok", "sockets": len(self.runtime.sockets)})

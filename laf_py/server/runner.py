@@ -1,0 +1,106 @@
+"""Server: bind, start the runtime, serve; and shut down gracefully on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+import tornado.httpserver
+import tornado.netutil
+
+from ..config import Settings
+from ..runtime import Runtime, StartupError
+from .activity import Activity
+from .app import make_app
+
+__all__ = ["Server", "serve"]
+
+log = logging.getLogger("laf_py")
+
+SHUTDOWN_REASON = "server shutting down"
+
+
+class Server:
+    """One laf-py server in this process. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.validated()
+        self.runtime = Runtime(self.settings)
+        self.activity = Activity()
+        self._http: tornado.httpserver.HTTPServer | None = None
+        self._listeners: list[socket.socket] = []
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with ``port=0``)."""
+        return int(self._listeners[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, load functions and run ``__init__``, then accept traffic."""
+        try:
+            self._listeners = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.settings.host}:{self.settings.port}: "
+                f"{exc.strerror or exc}; choose another --port / LAF_PORT or --host / LAF_HOST"
+            ) from None
+        try:
+            await self.runtime.start()
+        except BaseException:
+            self._close_listeners()
+            await self.runtime.stop()
+            raise
+        self._http = tornado.httpserver.HTTPServer(
+            make_app(self.runtime, self.activity), xheaders=True
+        )
+        self._http.add_sockets(self._listeners)
+        log.info("laf-py listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Stop accepting, close every socket with 1001, let calls in flight finish."""
+        grace = self.settings.shutdown_grace
+        self.activity.draining = True
+        if self._http is not None:
+            self._http.stop()
+        for sock in self.runtime.sockets:
+            sock.close(1001, SHUTDOWN_REASON)
+        if not await self.activity.wait_idle(grace):
+            log.warning(
+                "shutdown grace of %gs ran out with %d call(s) and %d connection(s) in flight",
+                grace,
+                self.activity.requests,
+                self.activity.connections,
+            )
+        if self._http is not None:
+            await self._http.close_all_connections()
+        await self.runtime.stop()
+        log.info("laf-py stopped")
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+
+
+def serve(settings: Settings) -> None:
+    """Run a server until SIGTERM or SIGINT (the CLI's ``serve``)."""
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %gs)", settings.shutdown_grace)
+    await server.stop()

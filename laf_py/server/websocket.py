@@ -1,0 +1,172 @@
+"""``/__websocket__``: every connection's events, in order, to ``functions/__websocket__.py``.
+
+Tornado reads the next frame only after ``on_message`` returns, so events of one connection
+never overlap; ``close`` waits for the event in flight and runs exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import tornado.websocket
+
+from ..cloud.sockets import Socket
+from ..core import body as bodies
+from ..core import frames
+from ..core.context import WS_CLOSE, WS_CONNECTION, WS_MESSAGE, FunctionContext
+from ..core.failures import describe_failure
+from ..core.registry import WEBSOCKET, Function
+from ..core.response import error_body
+from ..exceptions import HTTPError
+from ..runtime import Runtime
+from .activity import Activity
+from .base import BaseHandler
+
+__all__ = ["FunctionSocketHandler"]
+
+log = logging.getLogger("laf_py")
+
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+
+
+class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
+    """One WebSocket connection. It is also the connection's Transport for ``Socket``."""
+
+    socket: Socket | None = None
+
+    def initialize(self, runtime: Runtime, activity: Activity) -> None:
+        BaseHandler.initialize(self, runtime, activity)
+        self._query: dict[str, str] = {}
+        self._rejected = False
+        self._busy = False
+        self._idle: asyncio.Future[None] | None = None
+
+    # -- before the upgrade: plain HTTP errors ---------------------------------------------
+
+    def prepare(self) -> None:
+        if self.activity.draining:
+            return self.send_error_json(503, "Server is shutting down")
+        function = self.runtime.websocket
+        if function is None:
+            return self.send_error_json(404, "No functions/__websocket__.py on this server")
+        if function.error is not None:
+            return self.send_error_json(500, "WebSocket function failed to load; see server log")
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        self.activity.begin_connection()
+        self._query = bodies.parse_query(self.request.query)
+        self.socket = socket = self.runtime.sockets.open(self)
+        ctx = self._context(WS_CONNECTION, {})
+        function = self.runtime.websocket
+        interceptor = self.runtime.interceptor
+        self._busy = True
+        try:
+            if function is None or function.error or (interceptor and interceptor.error):
+                raise RuntimeError("WebSocket function or interceptor is unavailable")
+            _, reached = await self.runtime.invoker.call(function, ctx, interceptor)
+            if not reached:
+                self._reject(4403, "Forbidden")
+        except HTTPError as exc:
+            describe_failure(exc, WEBSOCKET, ctx.request_id, socket.id)
+            self._reject(4000 + exc.status, exc.message)
+        except Exception as exc:
+            _, message = describe_failure(exc, WEBSOCKET, ctx.request_id, socket.id)
+            self._send_error_frame(message, ctx.request_id)
+            self._reject(INTERNAL_ERROR, message)
+        finally:
+            self._done()
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self._rejected or self.socket is None:
+            return
+        params = {"data": message, "is_binary": isinstance(message, bytes)}
+        ctx = self._context(WS_MESSAGE, params)
+        self._busy = True
+        try:
+            await self.runtime.invoker.call(self._function(), ctx)
+        except Exception as exc:
+            _, message = describe_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
+            self._send_error_frame(message, ctx.request_id)
+        finally:
+            self._done()
+
+    def on_close(self) -> None:
+        socket = self.socket
+        if socket is None:  # the upgrade never completed
+            return
+        self.runtime.sockets.discard(socket)
+        if self._rejected:
+            self.activity.end_connection()
+            return
+        task = asyncio.ensure_future(self._close_event(self.close_code, self.close_reason or ""))
+        task.add_done_callback(lambda _: self.activity.end_connection())
+
+    async def _close_event(self, code: int | None, reason: str) -> None:
+        if self._busy:  # let the event in flight finish first
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
+        ctx = self._context(WS_CLOSE, {"code": code, "reason": reason})
+        try:
+            await self.runtime.invoker.call(self._function(), ctx)
+        except Exception as exc:
+            assert self.socket is not None
+            describe_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
+
+    # -- Transport, for Socket -------------------------------------------------------------
+
+    def write_frame(self, frame: bytes) -> Awaitable[Any] | None:
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            return None
+        stream = connection.stream
+        assert stream is not None  # set once the handshake is done
+        return stream.write(frame)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if reason:
+            reason = reason.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+        super().close(code, reason)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _context(self, method: str, params: dict[str, Any]) -> FunctionContext:
+        return FunctionContext(
+            method,
+            WEBSOCKET,
+            params=params,
+            headers=self.request.headers,
+            query=self._query,
+            socket=self.socket,
+        )
+
+    def _function(self) -> Function:
+        function = self.runtime.websocket
+        if function is None or function.main is None:
+            raise RuntimeError("functions/__websocket__.py is missing or failed to load")
+        return function
+
+    def _done(self) -> None:
+        self._busy = False
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _reject(self, code: int, reason: str) -> None:
+        self._rejected = True
+        if self.socket is not None:
+            self.runtime.sockets.discard(self.socket)
+        self.close(code, reason)
+
+    def _send_error_frame(self, message: str, request_id: str) -> None:
+        if self.runtime.settings.websocket_error_frames:
+            self.write_frame(frames.frame(frames.TEXT, error_body(message, request_id)))
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        # Frames are encoded by laf-py itself (once per broadcast), so no permessage-deflate.
+        return None
