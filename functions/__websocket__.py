@@ -1,0 +1,113 @@
+"""The WebSocket function: one handler for every event on ``/__websocket__``.
+
+This is Laf's "user map" demo (a ``userID -> socket`` map kept in ``cloud.shared``
+under ``"wsMap"``) plus a small Lolo-style broadcast chat. Three behaviours:
+
+1. **User map.** Each connection gets a random userID (12 lowercase hex digits).
+   ``cloud.shared["wsMap"][userID]`` is its ``Socket``, so any HTTP function can
+   push to it (see ``functions/push.py``). The id is also kept in
+   ``ctx.socket.state["user_id"]``.
+2. **Chat.** A text frame holding JSON ``{"type": "chat", "text": "<str>"}`` is
+   relayed to every *other* connection.
+3. **Echo.** Anything else is echoed back to the sender.
+
+Frames, exactly (``<id>`` is the userID):
+
+* on connect, to the new client, one text frame::
+
+      Connection established, your userID is: <id>
+
+* chat message in -> every other client gets the JSON text frame
+  ``{"type": "chat", "from": "<id>", "text": "<text>"}`` and the sender gets
+  ``{"type": "ack", "delivered": <number of other clients reached>}``.
+* any other text frame ``<data>`` -> the sender gets two frames, in order::
+
+      Server has received the message event, your userID is: <id>
+      {"echo": "<data>"}
+
+* a binary frame -> the same first text frame, then the same bytes back as a
+  binary frame.
+* on close: the userID is removed from ``wsMap``; nothing is sent.
+
+Try it (``npm i -g wscat``), with the server on port 8000, in two terminals::
+
+    wscat -c ws://localhost:8000/__websocket__
+    > hello
+    < Server has received the message event, your userID is: 3f9c0a1b2c4d
+    < {"echo":"hello"}
+    > {"type": "chat", "text": "hi all"}
+    < {"type":"ack","delivered":1}
+
+and push to a user from HTTP::
+
+    curl -X POST localhost:8000/fn/push -H 'content-type: application/json' \\
+         -d '{"userID": "3f9c0a1b2c4d", "message": "hello from HTTP"}'
+"""
+
+import json
+import secrets
+from typing import Any
+
+from laf_py import FunctionContext, cloud
+
+WS_MAP = "wsMap"
+CONNECTED = "Connection established, your userID is: "
+RECEIVED = "Server has received the message event, your userID is: "
+
+
+def ws_map() -> dict[str, Any]:
+    """The ``userID -> Socket`` map, created on first use (Laf's pattern)."""
+    users = cloud.shared.get(WS_MAP)
+    if users is None:
+        users = {}
+        cloud.shared.set(WS_MAP, users)
+    return users
+
+
+def chat_text(data: str | bytes, is_binary: bool) -> str | None:
+    """The text of a chat message, or None when ``data`` is not one."""
+    if is_binary:
+        return None
+    try:
+        message: Any = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(message, dict) and message.get("type") == "chat":
+        text = message.get("text")
+        if isinstance(text, str):
+            return text
+    return None
+
+
+async def main(ctx: FunctionContext) -> None:
+    socket = ctx.socket
+    assert socket is not None  # always set for WebSocket events
+
+    if ctx.method == "WebSocket:connection":
+        user_id = secrets.token_hex(6)
+        ws_map()[user_id] = socket
+        socket.state["user_id"] = user_id
+        socket.send(CONNECTED + user_id)
+
+    elif ctx.method == "WebSocket:message":
+        user_id = socket.state.get("user_id")
+        data, is_binary = ctx.params["data"], ctx.params["is_binary"]
+
+        text = chat_text(data, is_binary)
+        if text is not None:
+            # Lolo-style broadcast: everyone but the sender.
+            chat = {"type": "chat", "from": user_id, "text": text}
+            delivered = await cloud.sockets.broadcast(chat, exclude=[socket])
+            socket.send({"type": "ack", "delivered": delivered})
+            return
+
+        socket.send(f"{RECEIVED}{user_id}")
+        # Binary frames come back unchanged; text comes back wrapped in JSON.
+        socket.send(data if is_binary else {"echo": data})
+
+    elif ctx.method == "WebSocket:close":
+        # The socket is gone: forget it, and do not send to it.
+        user_id = socket.state.get("user_id")
+        users = ws_map()
+        if user_id is not None and users.get(user_id) is socket:
+            del users[user_id]
