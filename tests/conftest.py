@@ -1,0 +1,136 @@
+"""Fixtures shared by the whole suite: real servers on ephemeral ports, real clients.
+
+Nothing here sleeps to wait for something: `wait_until` polls a condition with a deadline,
+and everything else awaits a future or a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from laf_py.testing import LafTestServer
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "functions"
+
+
+def write_function(folder: Path, name: str, source: str) -> Path:
+    """Write ``folder/<name>.py`` (``name`` may contain slashes) from dedented source."""
+    path = folder / f"{name}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source).lstrip())
+    return path
+
+
+async def wait_until(
+    condition: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll ``condition`` (sync or async) until it returns something truthy, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def functions_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "functions"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def serve() -> Callable[..., Any]:
+    """``async with serve(folder, **settings) as server:`` a real in-process server."""
+
+    @asynccontextmanager
+    async def start(folder: Path, **settings: Any) -> AsyncIterator[LafTestServer]:
+        async with LafTestServer(folder, **settings) as server:
+            yield server
+
+    return start
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
+
+
+class CliServer:
+    """``laf-py serve`` in a child process, for start-up, signal and shutdown tests."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process = process
+        self.url = url
+        self.ws_url = url.replace("http", "ws", 1) + "/__websocket__"
+        self.output: list[str] = []
+
+    def read_rest(self, timeout: float = 15) -> str:
+        """Wait for the process to exit and return everything it logged."""
+        out, _ = self.process.communicate(timeout=timeout)
+        self.output.append(out)
+        return "".join(self.output)
+
+
+def start_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "laf_py", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def cli_server() -> Iterator[Callable[..., CliServer]]:
+    """Start ``python -m laf_py serve --port 0 ...`` and wait for its "listening on" line."""
+    started: list[CliServer] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> CliServer:
+        process = start_cli("serve", "--port", "0", *args, env=env, cwd=cwd)
+        lines: list[str] = []
+        assert process.stdout is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.search(r"listening on (http://\S+)", line)
+            if match:
+                server = CliServer(process, match.group(1))
+                server.output = lines
+                started.append(server)
+                return server
+        process.kill()
+        raise AssertionError("server did not start:\n" + "".join(lines))
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
