@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import traceback
 import types
@@ -35,7 +36,11 @@ class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
 
 
 class _FunctionsFinder(importlib.abc.MetaPathFinder):
-    """Finds ``laf_functions.*`` in the functions folder, with the source-only loader."""
+    """Finds ``laf_functions.*`` in the functions folder, with the source-only loader.
+
+    A file wins over a folder of the same name, and becomes a package for that folder, so
+    ``user.py`` and ``user/profile.py`` are both functions.
+    """
 
     def find_spec(
         self,
@@ -45,6 +50,17 @@ class _FunctionsFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if not fullname.startswith(PACKAGE + ".") or path is None:
             return None
+        tail = fullname.rpartition(".")[2]
+        for entry in path:
+            file = Path(entry, tail + ".py")
+            if file.is_file():
+                folder = Path(entry, tail)
+                return importlib.util.spec_from_file_location(
+                    fullname,
+                    file,
+                    loader=_SourceOnlyLoader(fullname, str(file)),
+                    submodule_search_locations=[str(folder)] if folder.is_dir() else None,
+                )
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             assert spec.origin is not None
@@ -63,14 +79,14 @@ class ModuleLoader:
         sys.modules[PACKAGE] = package
         sys.meta_path.insert(0, self._finder)
 
-    def load(self, function_name: str) -> types.ModuleType:
+    def load(self, function_name: str, path: Path) -> types.ModuleType:
         """Import one function file; raise FunctionLoadError naming the file and line."""
         name = module_name(function_name)
         try:
             return importlib.import_module(name)
         except BaseException as exc:  # a module may even raise SystemExit at import
             sys.modules.pop(name, None)
-            raise self._describe(exc) from exc
+            raise self._describe(exc, path) from exc
 
     def purge(self) -> None:
         """Forget every loaded module so the next load reads the files again."""
@@ -84,20 +100,21 @@ class ModuleLoader:
         if self._finder in sys.meta_path:
             sys.meta_path.remove(self._finder)
 
-    def _describe(self, exc: BaseException) -> FunctionLoadError:
+    def _describe(self, exc: BaseException, path: Path) -> FunctionLoadError:
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, SyntaxError) and exc.filename:
-            return FunctionLoadError(self._display(exc.filename), exc.lineno, reason)
+            return FunctionLoadError(self.display(exc.filename), exc.lineno, reason)
         # The deepest frame inside the functions folder is where the user has to look.
         for frame in reversed(traceback.extract_tb(exc.__traceback__)):
             if self._inside(frame.filename):
-                return FunctionLoadError(self._display(frame.filename), frame.lineno, reason)
-        return FunctionLoadError(str(self.root), None, reason)
+                return FunctionLoadError(self.display(frame.filename), frame.lineno, reason)
+        return FunctionLoadError(self.display(str(path)), None, reason)
 
     def _inside(self, filename: str) -> bool:
         return Path(filename).resolve().is_relative_to(self.root)
 
-    def _display(self, filename: str) -> str:
+    def display(self, filename: str) -> str:
+        """A path as the user knows it: relative to the working directory when inside it."""
         path = Path(filename).resolve()
         try:
             return str(path.relative_to(Path.cwd()))

@@ -103,16 +103,16 @@ class FunctionRegistry:
 
     def _load(self, name: str, path: Path) -> Function:
         try:
-            module = self._loader.load(name)
-            return _inspect(name, path, module)
+            module = self._loader.load(name, path)
+            return _inspect(name, path, self._loader.display(str(path)), module)
         except FunctionLoadError as exc:
             log.error("cannot load function %r: %s", name, exc)
             return Function(name, path, error=exc)
 
 
-def _inspect(name: str, path: Path, module: Any) -> Function:
+def _inspect(name: str, path: Path, shown_path: str, module: Any) -> Function:
     def fail(reason: str) -> FunctionLoadError:
-        return FunctionLoadError(str(path), None, reason)
+        return FunctionLoadError(shown_path, None, reason)
 
     main = getattr(module, "main", None)
     if not callable(main):

@@ -9,7 +9,7 @@ import tornado.web
 from ..runtime import Runtime
 from .activity import Activity
 from .base import BaseHandler, NotFoundHandler
-from .http import FunctionHandler, HealthHandler
+from .http import PREFIX, FunctionHandler, HealthHandler
 from .websocket import FunctionSocketHandler
 
 __all__ = ["make_app"]
@@ -29,7 +29,7 @@ def make_app(runtime: Runtime, activity: Activity) -> tornado.web.Application:
     deps = {"runtime": runtime, "activity": activity}
     return tornado.web.Application(
         [
-            (r"/fn/(.*)", FunctionHandler, deps),
+            (rf"{PREFIX}(.*)", FunctionHandler, deps),
             (r"/__websocket__", FunctionSocketHandler, deps),
             (r"/_/healthz", HealthHandler, deps),
             (r"/", IndexHandler, deps),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 from ..core import body as bodies
 from ..core.context import FunctionContext
@@ -10,16 +11,18 @@ from ..core.failures import describe_failure
 from ..core.response import render
 from .base import BaseHandler
 
-__all__ = ["FunctionHandler", "HealthHandler"]
+__all__ = ["PREFIX", "FunctionHandler", "HealthHandler", "name_from_path"]
+
+PREFIX = "/fn/"
 
 
 class FunctionHandler(BaseHandler):
     SUPPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-    async def get(self, name: str) -> None:
+    async def get(self, _decoded_name: str) -> None:
         self.activity.begin_request()
         try:
-            await self._call(name)
+            await self._call(name_from_path(self.request.path))
         finally:
             self.activity.end_request()
 
@@ -28,12 +31,13 @@ class FunctionHandler(BaseHandler):
     def compute_etag(self) -> None:
         return None  # functions are dynamic; hashing every body would only cost time
 
-    async def _call(self, name: str) -> None:
+    async def _call(self, name: str | None) -> None:
         if self.activity.draining:
             return self.send_error_json(503, "Server is shutting down", Connection="close")
-        function = self.runtime.registry.public(name)
-        if function is None:
-            return self.send_error_json(404, f"Function {name!r} not found")
+        function = self.runtime.registry.public(name) if name is not None else None
+        if function is None or name is None:
+            shown = self.request.path.removeprefix(PREFIX) if name is None else name
+            return self.send_error_json(404, f"Function {shown!r} not found")
         if function.error is not None:
             return self.send_error_json(500, f"Function {name!r} failed to load; see server log")
         method = self.request.method or "GET"
@@ -63,9 +67,11 @@ class FunctionHandler(BaseHandler):
         self.set_status(rendered.status)
         for header, value in rendered.headers.items():
             self.set_header(header, value)
-        if rendered.status == 204 or not rendered.body:
+        if rendered.body and rendered.status != 204:
+            self.finish(rendered.body)
+        else:
             self.clear_header("Content-Type")
-        self.finish(rendered.body)
+            self.finish()  # Tornado refuses even an empty body with 204
 
     def _body(self) -> Any:
         content_type = self.request.headers.get("Content-Type", "")
@@ -88,6 +94,19 @@ class FunctionHandler(BaseHandler):
                 "body": file.body,
             }
         return form
+
+
+def name_from_path(path: str) -> str | None:
+    """``/fn/user/profile`` → ``"user/profile"``. Each segment is percent-decoded on its own,
+    so an encoded slash (``%2F``) is data, not a separator, and names no function."""
+    segments = path.removeprefix(PREFIX).split("/")
+    try:
+        names = [unquote(segment, errors="strict") for segment in segments]
+    except UnicodeDecodeError:
+        return None
+    if any("/" in name for name in names):
+        return None
+    return "/".join(names)
 
 
 class HealthHandler(BaseHandler):
