@@ -127,7 +127,10 @@ class SocketRegistry:
     def bind_user(self, socket: Socket, user_id: str | None) -> None:
         """Bind a connection to a user (None unbinds it)."""
         user_id = None if user_id is None else str(user_id)
-        self.bridge.call(self._bind_now, socket, user_id)
+        previous = socket._user_id
+        if previous != user_id:
+            socket._user_id = user_id  # visible at once, from any thread
+            self.bridge.call(self._reindex, socket, previous, user_id)
 
     async def is_online(self, user_id: str) -> bool:
         return str(user_id) in self._by_user
@@ -149,7 +152,7 @@ class SocketRegistry:
         """Forget a connection that has closed; later sends to it report 0."""
         socket._closed = True
         self._sockets.pop(socket.id, None)
-        self._bind_now(socket, None)
+        self._reindex(socket, socket._user_id, None)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -175,16 +178,13 @@ class SocketRegistry:
                 reached += 1
         return Delivery(reached)
 
-    def _bind_now(self, socket: Socket, user_id: str | None) -> None:
-        previous = socket._user_id
-        if previous == user_id:
-            return
+    def _reindex(self, socket: Socket, previous: str | None, user_id: str | None) -> None:
+        """Move a socket between users' sets (on the loop thread, in call order)."""
         if previous is not None:
             devices = self._by_user.get(previous)
             if devices is not None:
                 devices.discard(socket)
                 if not devices:
                     del self._by_user[previous]
-        socket._user_id = user_id
-        if user_id is not None and not socket._closed:
+        if user_id is not None and socket._user_id == user_id and not socket._closed:
             self._by_user.setdefault(user_id, set()).add(socket)

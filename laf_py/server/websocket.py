@@ -102,9 +102,6 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if socket is None:  # the upgrade never completed
             return
         self.runtime.sockets.discard(socket)
-        if self._rejected:
-            self.activity.end_connection()
-            return
         task = asyncio.ensure_future(self._close_event(self.close_code, self.close_reason or ""))
         task.add_done_callback(lambda _: self.activity.end_connection())
 
@@ -112,6 +109,8 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if self._busy:  # let the event in flight finish first
             self._idle = asyncio.get_running_loop().create_future()
             await self._idle
+        if self._rejected:  # a connection that was never accepted has no close event
+            return
         ctx = self._context(WS_CLOSE, {"code": code, "reason": reason})
         try:
             await self.runtime.invoker.call(self._function(), ctx)
