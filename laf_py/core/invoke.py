@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 from ..exceptions import FunctionTimeoutError
@@ -21,6 +21,11 @@ class Invoker:
     def __init__(self, executor: Executor, default_timeout: float) -> None:
         self._executor = executor
         self._default_timeout = default_timeout
+        self._in_threads: set[Future[Any]] = set()
+
+    def threads_busy(self) -> int:
+        """How many plain-def calls are running in threads right now."""
+        return sum(1 for call in list(self._in_threads) if call.running())
 
     async def call(
         self, function: Function, ctx: FunctionContext, interceptor: Function | None = None
@@ -55,8 +60,10 @@ class Invoker:
         assert main is not None, "callers check Function.error first"
         if function.is_async:
             return await main(ctx, *extra)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, main, ctx, *extra)
+        call = self._executor.submit(main, ctx, *extra)
+        self._in_threads.add(call)
+        call.add_done_callback(self._in_threads.discard)
+        result = await asyncio.wrap_future(call)
         if inspect.isawaitable(result):  # a plain def that returned a coroutine
             result = await result
         return result

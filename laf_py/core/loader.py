@@ -90,8 +90,13 @@ class ModuleLoader:
 
     def purge(self) -> None:
         """Forget every loaded module so the next load reads the files again."""
+        package = sys.modules.get(PACKAGE)
         for name in [n for n in sys.modules if n.startswith(PACKAGE + ".")]:
             del sys.modules[name]
+            # `from laf_functions import x` reads the package attribute before sys.modules.
+            child = name.removeprefix(PACKAGE + ".")
+            if package is not None and "." not in child:
+                package.__dict__.pop(child, None)
         importlib.invalidate_caches()
 
     def close(self) -> None:

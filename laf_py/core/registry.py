@@ -25,6 +25,7 @@ log = logging.getLogger("laf_py")
 WEBSOCKET = "__websocket__"
 INTERCEPTOR = "__interceptor__"
 INIT = "__init__"
+RESERVED = frozenset({WEBSOCKET, INTERCEPTOR, INIT})
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
@@ -96,10 +97,13 @@ class FunctionRegistry:
                 if not dot or suffix != "py" or not _SEGMENT.fullmatch(stem):
                     continue
                 path = Path(folder, file)
+                name = path.relative_to(self.root).with_suffix("").as_posix()
+                if not is_public_name(name) and name not in RESERVED:
+                    continue  # a helper module (_db.py, _lib/...), imported by functions
                 if path.is_symlink() and not path.resolve().is_relative_to(self.root):
                     log.warning("ignoring %s: it links outside the functions folder", path)
                     continue
-                yield path.relative_to(self.root).with_suffix("").as_posix(), path
+                yield name, path
 
     def _load(self, name: str, path: Path) -> Function:
         try:

@@ -38,7 +38,7 @@ class FolderWatcher:
         try:
             async for changes in watchfiles.awatch(
                 self._root,
-                watch_filter=watchfiles.PythonFilter(),
+                watch_filter=_FunctionFilter(),
                 stop_event=self._stop,
                 debounce=1000,
                 step=30,
@@ -49,3 +49,13 @@ class FolderWatcher:
                     log.exception("reloading functions failed")
         except Exception:
             log.exception("watching %s failed; hot reload is off", self._root)
+
+
+class _FunctionFilter(watchfiles.DefaultFilter):
+    """Python files, and folders: moving a whole folder in or out reports only the folder."""
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        if not super().__call__(change, path):  # .git, __pycache__, editor swap files, ...
+            return False
+        name = Path(path).name
+        return name.endswith(".py") or "." not in name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 
@@ -91,16 +92,23 @@ class Server:
 
 def serve(settings: Settings) -> None:
     """Run a server until SIGTERM or SIGINT (the CLI's ``serve``)."""
-    asyncio.run(_serve(settings))
+    if not asyncio.run(_serve(settings)):
+        # A plain-def function is still running past the grace period. Python would wait for
+        # its thread at exit, however long it takes; shutdown must not.
+        log.warning("exiting with plain-def function calls still running in threads")
+        logging.shutdown()
+        os._exit(0)
 
 
-async def _serve(settings: Settings) -> None:
-    server = Server(settings)
-    await server.start()
+async def _serve(settings: Settings) -> bool:
+    # Handlers first: a signal that arrives while starting still means a clean shutdown.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    server = Server(settings)
+    await server.start()
     await stop.wait()
     log.info("shutting down (grace %gs)", settings.shutdown_grace)
     await server.stop()
+    return server.runtime.invoker.threads_busy() == 0
