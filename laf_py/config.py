@@ -18,6 +18,7 @@ from .exceptions import ConfigError
 __all__ = ["OPTIONS", "Option", "Settings"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_SECRET_LENGTH = 32  # HS256 wants a key of at least 256 bits (RFC 7518, 3.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +33,18 @@ class Settings:
     shutdown_grace: float = 10.0
     websocket_error_frames: bool = True
     log_level: str = "info"
+    database_url: str | None = None
+    secret: str | None = None
 
     @property
     def data_dir(self) -> Path:
         """Where laf-py keeps its own files: ``.laf/`` beside the functions folder."""
         return self.functions_dir.resolve().parent / ".laf"
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL in use: the configured one, or SQLite in the data folder."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'laf.db'}"
 
     @classmethod
     def load(
@@ -130,6 +138,18 @@ def _host(raw: str) -> str:
     return raw
 
 
+def _database_url(raw: str) -> str:
+    from .cloud.sql import normalize_database_url  # SQLAlchemy only when a URL is given
+
+    return normalize_database_url(raw)
+
+
+def _secret(raw: str) -> str:
+    if len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(raw)
+    return raw
+
+
 def _log_level(raw: str) -> str:
     if raw.lower() not in LOG_LEVELS:
         raise ValueError(raw)
@@ -192,6 +212,23 @@ OPTIONS: tuple[Option, ...] = (
         _bool,
         "true or false",
         "send {error, request_id} to a client whose message failed (default true)",
+    ),
+    Option(
+        "database_url",
+        "--database-url",
+        "LAF_DATABASE_URL",
+        _database_url,
+        "sqlite:///path/to/file.db or postgresql://user:password@host/db",
+        "SQL database for cloud.kv and cloud.sql (default SQLite at .laf/laf.db)",
+    ),
+    Option(
+        "secret",
+        "--secret",
+        "LAF_SECRET",
+        _secret,
+        f"at least {MIN_SECRET_LENGTH} characters",
+        "key that signs tokens (default: generated once into .laf/secret); "
+        "prefer LAF_SECRET, command lines are visible to other users",
     ),
     Option(
         "log_level",

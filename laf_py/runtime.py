@@ -10,10 +10,15 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from .cloud import cloud
 from .cloud.delivery import LoopBridge
+from .cloud.kv import KeyValueStore
+from .cloud.schema import migrate
 from .cloud.sockets import SocketRegistry
+from .cloud.sql import SQLStore, redacted
+from .cloud.tokens import Tokens, load_or_create_secret
 from .config import Settings
 from .core.context import INIT, FunctionContext
 from .core.invoke import Invoker
@@ -21,6 +26,7 @@ from .core.registry import INIT as INIT_FILE
 from .core.registry import INTERCEPTOR, WEBSOCKET, Function, FunctionRegistry
 from .core.watcher import FolderWatcher
 from .exceptions import LafError
+from .presence import PresenceEvents
 
 __all__ = ["Runtime", "StartupError"]
 
@@ -43,11 +49,20 @@ class Runtime:
         self.invoker = Invoker(self.executor, settings.timeout)
         self._sockets: SocketRegistry | None = None
         self._watcher: FolderWatcher | None = None
+        self.bridge: LoopBridge | None = None
+        self.tokens: Tokens | None = None
+        self.sql: SQLStore | None = None
+        self.kv: KeyValueStore | None = None
 
     @property
     def sockets(self) -> SocketRegistry:
         assert self._sockets is not None, "Runtime.start() first"
         return self._sockets
+
+    def verify_token(self, token: str) -> dict[str, Any] | None:
+        """The payload of a valid token signed with this server's secret, else None."""
+        assert self.tokens is not None, "Runtime.start() first"
+        return self.tokens.verify(token)
 
     @property
     def websocket(self) -> Function | None:
@@ -58,9 +73,16 @@ class Runtime:
         return self.registry.get(INTERCEPTOR)
 
     async def start(self) -> None:
-        """Attach ``cloud``, load every function, run ``__init__`` and start watching files."""
-        self._sockets = SocketRegistry(LoopBridge(asyncio.get_running_loop()))
-        cloud.attach(self._sockets)
+        """Open the database, attach ``cloud``, load every function, run ``__init__`` and
+        start watching files."""
+        self.bridge = bridge = LoopBridge(asyncio.get_running_loop())
+        presence = PresenceEvents(self.registry, self.invoker, bridge)
+        self._sockets = SocketRegistry(bridge, on_presence=presence)
+        self.tokens = Tokens(self.settings.secret or load_or_create_secret(self.settings.data_dir))
+        self.sql = await _open_database(self.settings.database)
+        self.kv = KeyValueStore(self.sql, bridge)
+        self.kv.start_sweeping()
+        cloud.attach(self._sockets, self.kv, self.sql, self.tokens)
         functions = self.registry.load_all()
         broken = sum(1 for f in functions if f.error)
         log.info(
@@ -75,8 +97,15 @@ class Runtime:
             await self._watcher.start()
 
     async def stop(self) -> None:
+        """Let started work (kv writes, presence events) finish, then close everything."""
         if self._watcher is not None:
             await self._watcher.stop()
+        if self.bridge is not None:
+            await self.bridge.drain()
+        if self.kv is not None:
+            await self.kv.stop_sweeping()
+        if self.sql is not None:
+            await self.sql.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.registry.close()
         cloud.detach()
@@ -99,6 +128,21 @@ class Runtime:
         functions = self.registry.reload()
         broken = sum(1 for f in functions if f.error)
         log.info("reloaded after change to %s%s", names, f" ({broken} failed)" if broken else "")
+
+
+async def _open_database(url: str) -> SQLStore:
+    """Connect and bring laf-py's tables up to date, or fail start-up in one line."""
+    store = SQLStore(url)
+    try:
+        await migrate(store.engine)
+    except Exception as exc:
+        await store.close()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StartupError(
+            f"cannot use the database {redacted(url)}: {reason} "
+            "(check --database-url / LAF_DATABASE_URL)"
+        ) from exc
+    return store
 
 
 def _relative(path: Path, root: Path) -> str:

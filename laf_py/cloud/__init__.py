@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
 from .delivery import Delivery
+from .pending import Pending
 from .shared import SharedMap
 from .sockets import Socket, SocketRegistry
 
-__all__ = ["Cloud", "Delivery", "SharedMap", "Socket", "SocketRegistry", "cloud"]
+if TYPE_CHECKING:
+    from .kv import KeyValueStore
+    from .sql import SQLStore
+    from .tokens import Tokens
+
+T = TypeVar("T")
+
+__all__ = ["Cloud", "Delivery", "Pending", "SharedMap", "Socket", "SocketRegistry", "cloud"]
 
 
 class Cloud:
@@ -19,21 +30,48 @@ class Cloud:
     def __init__(self) -> None:
         self.shared = SharedMap()
         self._sockets: SocketRegistry | None = None
+        self._kv: KeyValueStore | None = None
+        self._sql: SQLStore | None = None
+        self._tokens: Tokens | None = None
 
     @property
     def sockets(self) -> SocketRegistry:
-        """The live WebSocket connections of this process."""
-        if self._sockets is None:
-            raise RuntimeError("cloud.sockets exists only while a laf-py server is running")
-        return self._sockets
+        """The live WebSocket connections (of every node, once Redis joins them)."""
+        return _running(self._sockets, "sockets")
 
-    def attach(self, sockets: SocketRegistry) -> None:
-        """Called by the runtime when it starts: fresh shared map, its socket registry."""
+    @property
+    def kv(self) -> KeyValueStore:
+        """The persistent key-value store."""
+        return _running(self._kv, "kv")
+
+    @property
+    def sql(self) -> SQLStore:
+        """SQLAlchemy's async engine and sessions on the server's database."""
+        return _running(self._sql, "sql")
+
+    def get_token(self, payload: Mapping[str, Any], expires_in: float | None = None) -> str:
+        """An HS256 JWT of ``payload`` signed with the server secret."""
+        return _running(self._tokens, "get_token").issue(payload, expires_in)
+
+    def parse_token(self, token: str) -> dict[str, Any] | None:
+        """The payload of a valid token of this server; None if invalid or expired."""
+        return _running(self._tokens, "parse_token").verify(token)
+
+    def attach(
+        self, sockets: SocketRegistry, kv: KeyValueStore, sql: SQLStore, tokens: Tokens
+    ) -> None:
+        """Called by the runtime when it starts: a fresh shared map and its services."""
         self.shared = SharedMap()
-        self._sockets = sockets
+        self._sockets, self._kv, self._sql, self._tokens = sockets, kv, sql, tokens
 
     def detach(self) -> None:
-        self._sockets = None
+        self._sockets = self._kv = self._sql = self._tokens = None
+
+
+def _running(service: T | None, name: str) -> T:
+    if service is None:
+        raise RuntimeError(f"cloud.{name} exists only while a laf-py server is running")
+    return service
 
 
 cloud = Cloud()

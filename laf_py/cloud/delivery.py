@@ -8,9 +8,11 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["Delivery", "LoopBridge"]
+
+T = TypeVar("T")
 
 
 class Delivery:
@@ -62,6 +64,18 @@ class LoopBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._thread_id = threading.get_ident()
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def track(self, task: asyncio.Future[T]) -> asyncio.Future[T]:
+        """Keep a started task alive until it is done (the loop holds only weak references)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for every tracked task, so nothing that was started is cut off at shutdown."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread_id

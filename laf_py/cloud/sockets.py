@@ -8,7 +8,7 @@ are carried to the event loop thread, where all socket state lives.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from ..core.frames import encode_frame
@@ -87,8 +87,11 @@ class Socket:
 class SocketRegistry:
     """``cloud.sockets``: find connections by id or user and deliver to them."""
 
-    def __init__(self, bridge: LoopBridge) -> None:
+    def __init__(
+        self, bridge: LoopBridge, on_presence: Callable[[str, bool], None] | None = None
+    ) -> None:
         self.bridge = bridge
+        self._on_presence = on_presence  # (user_id, online) when a user comes or goes
         self._sockets: dict[str, Socket] = {}
         self._by_user: dict[str, set[Socket]] = {}
 
@@ -143,10 +146,17 @@ class SocketRegistry:
 
     # -- used by the server, on the loop thread --------------------------------------------
 
-    def open(self, transport: Transport) -> Socket:
+    def open(self, transport: Transport, user_id: str | None = None) -> Socket:
+        """A new connection, not yet findable: its ``connection`` event decides."""
         socket = Socket(os.urandom(12).hex(), transport, self)
-        self._sockets[socket.id] = socket
+        socket._user_id = user_id
         return socket
+
+    def accept(self, socket: Socket) -> None:
+        """The connection was accepted: findable by id and user from now on."""
+        if not socket._closed:
+            self._sockets[socket.id] = socket
+            self._reindex(socket, None, socket._user_id)
 
     def discard(self, socket: Socket) -> None:
         """Forget a connection that has closed; later sends to it report 0."""
@@ -182,9 +192,18 @@ class SocketRegistry:
         """Move a socket between users' sets (on the loop thread, in call order)."""
         if previous is not None:
             devices = self._by_user.get(previous)
-            if devices is not None:
+            if devices is not None and socket in devices:
                 devices.discard(socket)
                 if not devices:
                     del self._by_user[previous]
-        if user_id is not None and socket._user_id == user_id and not socket._closed:
-            self._by_user.setdefault(user_id, set()).add(socket)
+                    self._presence(previous, False)
+        if user_id is not None and socket._user_id == user_id and socket.id in self._sockets:
+            devices = self._by_user.get(user_id)
+            if devices is None:
+                devices = self._by_user[user_id] = set()
+                self._presence(user_id, True)
+            devices.add(socket)
+
+    def _presence(self, user_id: str, online: bool) -> None:
+        if self._on_presence is not None:
+            self._on_presence(user_id, online)

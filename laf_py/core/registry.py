@@ -25,7 +25,8 @@ log = logging.getLogger("laf_py")
 WEBSOCKET = "__websocket__"
 INTERCEPTOR = "__interceptor__"
 INIT = "__init__"
-RESERVED = frozenset({WEBSOCKET, INTERCEPTOR, INIT})
+PRESENCE = "__presence__"
+RESERVED = frozenset({WEBSOCKET, INTERCEPTOR, INIT, PRESENCE})
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 __all__ = ["Activity"]
 
@@ -12,6 +13,7 @@ class Activity:
         self.draining = False
         self.requests = 0
         self.connections = 0
+        self._connections: dict[Callable[[int, str], None], None] = {}  # ordered set
         self._changed = asyncio.Event()
 
     def begin_request(self) -> None:
@@ -21,13 +23,21 @@ class Activity:
         self.requests -= 1
         self._changed.set()
 
-    def begin_connection(self) -> None:
+    def begin_connection(self, close: Callable[[int, str], None]) -> None:
+        """A WebSocket connection opened; ``close(code, reason)`` ends it at shutdown."""
+        self._connections[close] = None
         self.connections += 1
 
-    def end_connection(self) -> None:
+    def end_connection(self, close: Callable[[int, str], None]) -> None:
         """A connection closed and its ``close`` event has finished."""
+        self._connections.pop(close, None)
         self.connections -= 1
         self._changed.set()
+
+    def close_connections(self, code: int, reason: str) -> None:
+        """Close every connection, accepted or still in its ``connection`` event."""
+        for close in list(self._connections):
+            close(code, reason)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is in flight; False if ``timeout`` ran out first."""

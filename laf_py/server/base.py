@@ -11,7 +11,9 @@ from ..core.response import error_body
 from ..runtime import Runtime
 from .activity import Activity
 
-__all__ = ["BaseHandler", "NotFoundHandler"]
+__all__ = ["INVALID_TOKEN", "BaseHandler", "NotFoundHandler"]
+
+INVALID_TOKEN = "Invalid or expired token"
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -29,6 +31,13 @@ class BaseHandler(tornado.web.RequestHandler):
             request_id = new_request_id()
             self.set_header("X-Request-Id", request_id)
         return request_id
+
+    def authenticate(self, token: str | None) -> tuple[bool, dict[str, Any] | None]:
+        """(ok, user): no token is fine (user None); a bad or expired one is not."""
+        if token is None:
+            return True, None
+        user = self.runtime.verify_token(token)
+        return user is not None, user
 
     def send_error_json(self, status: int, message: str, **headers: str) -> None:
         """Finish with ``{"error": message, "request_id": ...}``."""

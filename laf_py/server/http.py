@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+from ..cloud.tokens import bearer_token
 from ..core import body as bodies
 from ..core.context import FunctionContext
 from ..core.failures import describe_failure
 from ..core.response import render
-from .base import BaseHandler
+from .base import INVALID_TOKEN, BaseHandler
 
 __all__ = ["PREFIX", "FunctionHandler", "HealthHandler", "name_from_path"]
 
@@ -49,11 +50,16 @@ class FunctionHandler(BaseHandler):
             # Fail closed: an interceptor usually guards access.
             return self.send_error_json(500, "Interceptor failed to load; see server log")
 
+        ok, user = self.authenticate(bearer_token(self.request.headers.get("Authorization")))
+        if not ok:
+            return self.send_error_json(401, INVALID_TOKEN, **{"WWW-Authenticate": "Bearer"})
+
         ctx = FunctionContext(
             method,
             name,
             headers=self.request.headers,
             query=bodies.parse_query(self.request.query),
+            user=user,
             request_id=self.request_id,
         )
         try:

@@ -71,8 +71,7 @@ class Server:
         self.activity.draining = True
         if self._http is not None:
             self._http.stop()
-        for sock in self.runtime.sockets:
-            sock.close(1001, SHUTDOWN_REASON)
+        self.activity.close_connections(1001, SHUTDOWN_REASON)
         if not await self.activity.wait_idle(grace):
             log.warning(
                 "shutdown grace of %gs ran out with %d call(s) and %d connection(s) in flight",

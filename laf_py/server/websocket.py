@@ -14,6 +14,7 @@ from typing import Any
 import tornado.websocket
 
 from ..cloud.sockets import Socket
+from ..cloud.tokens import bearer_token, user_id_of
 from ..core import body as bodies
 from ..core import frames
 from ..core.context import WS_CLOSE, WS_CONNECTION, WS_MESSAGE, FunctionContext
@@ -23,7 +24,7 @@ from ..core.response import error_body
 from ..exceptions import HTTPError
 from ..runtime import Runtime
 from .activity import Activity
-from .base import BaseHandler
+from .base import INVALID_TOKEN, BaseHandler
 
 __all__ = ["FunctionSocketHandler"]
 
@@ -42,6 +43,7 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     def initialize(self, runtime: Runtime, activity: Activity) -> None:
         BaseHandler.initialize(self, runtime, activity)
         self._query: dict[str, str] = {}
+        self._user: dict[str, Any] | None = None
         self._rejected = False
         self._busy = False
         self._idle: asyncio.Future[None] | None = None
@@ -56,13 +58,17 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             return self.send_error_json(404, "No functions/__websocket__.py on this server")
         if function.error is not None:
             return self.send_error_json(500, "WebSocket function failed to load; see server log")
+        token = bearer_token(self.request.headers.get("Authorization"))
+        ok, self._user = self.authenticate(token or self.get_query_argument("token", None))
+        if not ok:
+            return self.send_error_json(401, INVALID_TOKEN)
 
     # -- events ----------------------------------------------------------------------------
 
     async def open(self, *args: str, **kwargs: str) -> None:
-        self.activity.begin_connection()
+        self.activity.begin_connection(self.close)
         self._query = bodies.parse_query(self.request.query)
-        self.socket = socket = self.runtime.sockets.open(self)
+        self.socket = socket = self.runtime.sockets.open(self, user_id_of(self._user))
         ctx = self._context(WS_CONNECTION, {})
         function = self.runtime.websocket
         interceptor = self.runtime.interceptor
@@ -71,7 +77,9 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             if function is None or function.error or (interceptor and interceptor.error):
                 raise RuntimeError("WebSocket function or interceptor is unavailable")
             _, reached = await self.runtime.invoker.call(function, ctx, interceptor)
-            if not reached:
+            if reached:
+                self.runtime.sockets.accept(socket)
+            else:
                 self._reject(4403, "Forbidden")
         except HTTPError as exc:
             describe_failure(exc, WEBSOCKET, ctx.request_id, socket.id)
@@ -103,7 +111,7 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             return
         self.runtime.sockets.discard(socket)
         task = asyncio.ensure_future(self._close_event(self.close_code, self.close_reason or ""))
-        task.add_done_callback(lambda _: self.activity.end_connection())
+        task.add_done_callback(lambda _: self.activity.end_connection(self.close))
 
     async def _close_event(self, code: int | None, reason: str) -> None:
         if self._busy:  # let the event in flight finish first
@@ -142,6 +150,7 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             params=params,
             headers=self.request.headers,
             query=self._query,
+            user=self._user,
             socket=self.socket,
         )
 
@@ -158,8 +167,6 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
 
     def _reject(self, code: int, reason: str) -> None:
         self._rejected = True
-        if self.socket is not None:
-            self.runtime.sockets.discard(self.socket)
         self.close(code, reason)
 
     def _send_error_frame(self, message: str, request_id: str) -> None:

@@ -1,0 +1,50 @@
+"""Pending: a cloud operation that has already started on the event loop.
+
+``await`` it in an ``async def``; call ``.result()`` in a plain ``def`` (a worker thread).
+Starting at once means a forgotten ``await`` never loses a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine, Generator
+from typing import Any, Generic, TypeVar
+
+from .delivery import LoopBridge
+
+__all__ = ["Pending", "start"]
+
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    __slots__ = ("_future",)
+
+    def __init__(self, future: asyncio.Future[T] | concurrent.futures.Future[T]) -> None:
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, T]:
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            future = asyncio.wrap_future(future)
+        return (yield from future.__await__())
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the outcome from a worker thread (plain ``def`` functions)."""
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            return future.result(timeout)
+        if not future.done():
+            raise RuntimeError("on the event loop, use 'await' instead of .result()")
+        return future.result()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+
+def start(bridge: LoopBridge, coroutine: Coroutine[Any, Any, T]) -> Pending[T]:
+    """Run ``coroutine`` on the bridge's loop now, from whichever thread."""
+    if bridge.on_loop_thread():
+        return Pending(bridge.track(asyncio.ensure_future(coroutine)))
+    return Pending(asyncio.run_coroutine_threadsafe(coroutine, bridge.loop))

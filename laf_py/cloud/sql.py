@@ -1,0 +1,95 @@
+"""cloud.sql: the SQLAlchemy async engine on the configured database, for users' own tables.
+
+SQLite (aiosqlite) by default, in WAL mode so readers never wait for the writer; PostgreSQL
+(asyncpg) when ``--database-url`` says so. laf-py's own tables live in the same database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+__all__ = ["SQLStore", "normalize_database_url", "redacted"]
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def normalize_database_url(raw: str) -> str:
+    """Accept ``sqlite:///…`` and ``postgresql://…`` and give them their async drivers."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError(raw) from None
+    driver = _DRIVERS.get(url.drivername)
+    if driver is None:
+        raise ValueError(raw)
+    if driver.startswith("sqlite") and not url.database:
+        raise ValueError(raw)  # an in-memory database would not be persistent
+    return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class SQLStore:
+    """``cloud.sql.engine`` and ``async with cloud.sql.session() as session``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed: URL = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            assert parsed.database
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
+            _tune_sqlite(self.engine)
+        else:
+            self.engine = create_async_engine(url, pool_pre_ping=True)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self, **options: Any) -> AsyncSession:
+        """A new ORM session; use it as ``async with cloud.sql.session() as s:``."""
+        return self._sessions(**options)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"<SQLStore {redacted(self.url)}>"
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transactions out of the driver's hands (it would not BEGIN before DDL) and let
+        # SQLAlchemy's "begin" below emit them, as SQLAlchemy's SQLite notes recommend.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives the process being killed; only a power loss
+        # or OS crash can lose the last commits.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
