@@ -29,6 +29,11 @@ Frames, exactly (``<id>`` is the userID):
   binary frame.
 * on close: the userID is removed from ``wsMap``; nothing is sent.
 
+A client that connects with a token (``?token=`` from ``POST /fn/login``) gets its token's
+user id as userID instead of a random one. Every connection also stores its id in
+``cloud.kv`` under ``DEMO_SOCKET_CONNECTION_ID`` (the newest wins), for the Less flow of
+``POST /fn/hello``.
+
 Try it (``npm i -g wscat``), with the server on port 8000, in two terminals::
 
     wscat -c ws://localhost:8000/__websocket__
@@ -51,6 +56,7 @@ from typing import Any
 from laf_py import FunctionContext, cloud
 
 WS_MAP = "wsMap"
+LESS_KEY = "DEMO_SOCKET_CONNECTION_ID"
 CONNECTED = "Connection established, your userID is: "
 RECEIVED = "Server has received the message event, your userID is: "
 
@@ -84,9 +90,13 @@ async def main(ctx: FunctionContext) -> None:
     assert socket is not None  # always set for WebSocket events
 
     if ctx.method == "WebSocket:connection":
-        user_id = secrets.token_hex(6)
+        # With a token (?token=... from /fn/login) the socket is already bound to its user.
+        user_id = socket.user_id or secrets.token_hex(6)
         ws_map()[user_id] = socket
         socket.state["user_id"] = user_id
+        # Less's flow: keep the newest connection id in the key-value store, where an HTTP
+        # function (POST /fn/hello) finds it, even from another worker or after a restart.
+        await cloud.kv.set(LESS_KEY, socket.id)
         socket.send(CONNECTED + user_id)
 
     elif ctx.method == "WebSocket:message":
@@ -111,3 +121,5 @@ async def main(ctx: FunctionContext) -> None:
         users = ws_map()
         if user_id is not None and users.get(user_id) is socket:
             del users[user_id]
+        if await cloud.kv.get(LESS_KEY) == socket.id:
+            await cloud.kv.delete(LESS_KEY)
