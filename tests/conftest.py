@@ -134,3 +134,91 @@ def cli_server() -> Iterator[Callable[..., CliServer]]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+# -- databases ---------------------------------------------------------------------------------
+# The kv/sql/token suite runs against a SQLite file and against the real PostgreSQL server.
+# Without PostgreSQL those cases skip, unless LAF_REQUIRE_SERVICES=1 (as in CI): then they fail.
+
+REQUIRE_SERVICES = os.environ.get("LAF_REQUIRE_SERVICES") == "1"
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "LAF_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_postgres_state: dict[str, Any] = {}
+
+
+def service_missing(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (LAF_REQUIRE_SERVICES=1 forbids skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _postgres_database() -> str:
+    """A database of our own on the PostgreSQL server, made once per test session."""
+    if "dsn" in _postgres_state or "error" in _postgres_state:
+        if "error" in _postgres_state:
+            service_missing(_postgres_state["error"])
+        return str(_postgres_state["dsn"])
+    import asyncpg
+
+    name = f"laf_py_test_{os.getpid()}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(create())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        _postgres_state["error"] = f"PostgreSQL at {POSTGRES_ADMIN_DSN} is not usable: {exc}"
+        service_missing(_postgres_state["error"])
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0]
+    _postgres_state["dsn"] = f"{base}/{name}"
+    _postgres_state["name"] = name
+    return str(_postgres_state["dsn"])
+
+
+def _reset_postgres(dsn: str) -> None:
+    import asyncpg
+
+    async def reset() -> None:
+        connection = await asyncpg.connect(dsn, timeout=5)
+        try:
+            await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        finally:
+            await connection.close()
+
+    asyncio.run(reset())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    name = _postgres_state.get("name")
+    if not name:
+        return
+    import asyncpg
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or a clean schema on the PostgreSQL server.
+
+    Pass it on: ``serve(folder, database_url=database_url)``.
+    """
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'db' / 'laf.db'}"
+    dsn = _postgres_database()
+    _reset_postgres(dsn)
+    return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
