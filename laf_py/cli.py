@@ -48,7 +48,3 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,6 @@ and what to set.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +72,12 @@ class Settings:
                 f"functions folder {str(self.functions_dir)!r} {what}; "
                 "create it or point --functions / LAF_FUNCTIONS at one"
             )
+        if self.secret is not None and len(self.secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"the secret is too short: use at least {MIN_SECRET_LENGTH} characters "
+                "(set LAF_SECRET or --secret)"
+            )
         return self
-
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,9 @@ class Option:
         try:
             return self.parse(raw)
         except ValueError:
+            shown = "<hidden>" if self.field == "secret" else repr(raw)
             raise ConfigError(
-                f"{source}={raw!r} is not valid: expected {self.expects} "
+                f"{source}={shown} is not valid: expected {self.expects} "
                 f"(set {self.flag} or {self.env})"
             ) from None
 

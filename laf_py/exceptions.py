@@ -33,13 +33,19 @@ class HTTPError(LafError):
         return f"{self.status}: {self.message}"
 
 
-class FunctionTimeoutError(HTTPError):
-    """A function ran past its ``timeout``: 504 over HTTP, an error frame over WebSocket."""
+class FunctionTimeoutError(LafError):
+    """A function ran past its ``timeout``: 504 over HTTP, an error frame over WebSocket.
+
+    Not an HTTPError: that is the function's own answer, this is laf-py stopping it.
+    """
+
+    status = 504
 
     def __init__(self, function_name: str, seconds: float) -> None:
         self.function_name = function_name
         self.seconds = seconds
-        super().__init__(504, f"Function {function_name!r} timed out after {seconds:g}s")
+        self.message = f"Function {function_name!r} timed out after {seconds:g}s"
+        super().__init__(self.message)
 
 
 class ConfigError(LafError):

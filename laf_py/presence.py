@@ -8,7 +8,7 @@ import logging
 
 from .cloud.delivery import LoopBridge
 from .core.context import FunctionContext
-from .core.failures import describe_failure
+from .core.failures import report_failure
 from .core.invoke import Invoker
 from .core.registry import PRESENCE, FunctionRegistry
 
@@ -45,4 +45,4 @@ class PresenceEvents:
         try:
             await self._invoker.call(function, ctx)
         except Exception as exc:
-            describe_failure(exc, PRESENCE, ctx.request_id)
+            report_failure(exc, PRESENCE, ctx.request_id)

@@ -20,10 +20,9 @@ from .cloud.sockets import SocketRegistry
 from .cloud.sql import SQLStore, redacted
 from .cloud.tokens import Tokens, load_or_create_secret
 from .config import Settings
-from .core.context import INIT, FunctionContext
+from .core.context import INIT_METHOD, FunctionContext
 from .core.invoke import Invoker
-from .core.registry import INIT as INIT_FILE
-from .core.registry import INTERCEPTOR, WEBSOCKET, Function, FunctionRegistry
+from .core.registry import INIT_FILE, INTERCEPTOR, WEBSOCKET, Function, FunctionRegistry
 from .core.watcher import FolderWatcher
 from .exceptions import LafError
 from .presence import PresenceEvents
@@ -53,6 +52,7 @@ class Runtime:
         self.tokens: Tokens | None = None
         self.sql: SQLStore | None = None
         self.kv: KeyValueStore | None = None
+        self._attached = False
 
     @property
     def sockets(self) -> SocketRegistry:
@@ -75,6 +75,10 @@ class Runtime:
     async def start(self) -> None:
         """Open the database, attach ``cloud``, load every function, run ``__init__`` and
         start watching files."""
+        try:
+            self.registry.install()
+        except LafError as exc:
+            raise StartupError(str(exc)) from None
         self.bridge = bridge = LoopBridge(asyncio.get_running_loop())
         presence = PresenceEvents(self.registry, self.invoker, bridge)
         self._sockets = SocketRegistry(bridge, on_presence=presence)
@@ -83,6 +87,7 @@ class Runtime:
         self.kv = KeyValueStore(self.sql, bridge)
         self.kv.start_sweeping()
         cloud.attach(self._sockets, self.kv, self.sql, self.tokens)
+        self._attached = True
         functions = self.registry.load_all()
         broken = sum(1 for f in functions if f.error)
         log.info(
@@ -108,7 +113,9 @@ class Runtime:
             await self.sql.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.registry.close()
-        cloud.detach()
+        if self._attached:
+            cloud.detach()
+            self._attached = False
 
     async def _run_init(self) -> None:
         init = self.registry.get(INIT_FILE)
@@ -117,7 +124,7 @@ class Runtime:
         if init.error is not None:
             raise StartupError(f"functions/__init__.py cannot be loaded: {init.error}")
         try:
-            await self.invoker.call(init, FunctionContext(INIT, INIT_FILE))
+            await self.invoker.call(init, FunctionContext(INIT_METHOD, INIT_FILE))
         except Exception as exc:
             log.exception("functions/__init__.py failed")
             reason = f"{type(exc).__name__}: {exc}"

@@ -7,6 +7,7 @@ and everything else awaits a future or a response.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import subprocess
@@ -42,7 +43,7 @@ async def wait_until(
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
-        if asyncio.iscoroutine(result):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return result

@@ -399,7 +399,7 @@ async def test_user_id_set_in_plain_def_reads_back(serve, functions_dir: Path):
         go.set()
         assert done.wait(5)
         assert cloud.shared["seen"] == "alice"
-        await wait_until(lambda: cloud.sockets.users().get("alice"))
+        await wait_until(lambda: cloud.sockets.is_online("alice"))
 
 
 # -- per-connection state --------------------------------------------------------------------

@@ -8,11 +8,12 @@ are carried to the event loop thread, where all socket state lives.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from ..core.frames import encode_frame
 from .delivery import Delivery, LoopBridge
+from .pending import Pending, start
 
 __all__ = ["Socket", "SocketRegistry", "Transport"]
 
@@ -135,14 +136,19 @@ class SocketRegistry:
             socket._user_id = user_id  # visible at once, from any thread
             self.bridge.call(self._reindex, socket, previous, user_id)
 
-    async def is_online(self, user_id: str) -> bool:
-        return str(user_id) in self._by_user
+    def is_online(self, user_id: str) -> Pending[bool]:
+        """``await`` it: True while the user has at least one accepted connection."""
+        return start(self.bridge, self._is_online(str(user_id)))
 
-    async def online_users(self) -> list[str]:
+    def online_users(self) -> Pending[list[str]]:
+        """``await`` it: the ids of every user with a connection."""
+        return start(self.bridge, self._online_users())
+
+    async def _is_online(self, user_id: str) -> bool:
+        return user_id in self._by_user
+
+    async def _online_users(self) -> list[str]:
         return list(self._by_user)
-
-    def users(self) -> Mapping[str, set[Socket]]:
-        return self._by_user
 
     # -- used by the server, on the loop thread --------------------------------------------
 
@@ -167,26 +173,17 @@ class SocketRegistry:
     # -- internals -------------------------------------------------------------------------
 
     def _publish_frame(self, frame: bytes, socket_ids: list[str]) -> Delivery:
-        reached = 0
-        for socket_id in socket_ids:
-            socket = self._sockets.get(socket_id)
-            if socket is not None and socket._transport.write_frame(frame) is not None:
-                reached += 1
-        return Delivery(reached)
+        found = (self._sockets.get(socket_id) for socket_id in socket_ids)
+        return _write_all(frame, [socket for socket in found if socket is not None])
 
     def _broadcast_frame(self, frame: bytes, skip: set[str]) -> Delivery:
-        reached = 0
-        for socket_id, socket in list(self._sockets.items()):
-            if socket_id not in skip and socket._transport.write_frame(frame) is not None:
-                reached += 1
-        return Delivery(reached)
+        sockets = self._sockets.values()
+        if skip:
+            return _write_all(frame, [s for s in sockets if s.id not in skip])
+        return _write_all(frame, list(sockets))
 
     def _user_frame(self, frame: bytes, user_id: str) -> Delivery:
-        reached = 0
-        for socket in list(self._by_user.get(user_id, ())):
-            if socket._transport.write_frame(frame) is not None:
-                reached += 1
-        return Delivery(reached)
+        return _write_all(frame, list(self._by_user.get(user_id, ())))
 
     def _reindex(self, socket: Socket, previous: str | None, user_id: str | None) -> None:
         """Move a socket between users' sets (on the loop thread, in call order)."""
@@ -207,3 +204,12 @@ class SocketRegistry:
     def _presence(self, user_id: str, online: bool) -> None:
         if self._on_presence is not None:
             self._on_presence(user_id, online)
+
+
+def _write_all(frame: bytes, sockets: list[Socket]) -> Delivery:
+    """Hand one encoded frame to each socket; the count is of those that took it."""
+    reached = 0
+    for socket in sockets:
+        if socket._transport.write_frame(frame) is not None:
+            reached += 1
+    return Delivery(reached)

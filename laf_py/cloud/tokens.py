@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import time
@@ -33,7 +34,7 @@ class Tokens:
         if expires_in is not None:
             if not expires_in > 0:
                 raise ValueError(f"expires_in must be > 0 seconds, got {expires_in!r}")
-            claims["exp"] = now + int(expires_in)
+            claims["exp"] = math.ceil(time.time() + expires_in)  # never sooner than asked
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> dict[str, Any] | None:

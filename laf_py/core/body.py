@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 from ..exceptions import HTTPError
 from . import jsoncodec
 
-__all__ = ["is_form", "parse_body", "parse_query", "split_content_type"]
+__all__ = ["parse_body", "parse_query", "split_content_type"]
 
 
 def split_content_type(header: str) -> tuple[str, dict[str, str]]:
@@ -21,10 +21,6 @@ def split_content_type(header: str) -> tuple[str, dict[str, str]]:
         if sep:
             params[key.strip().lower()] = value.strip().strip('"')
     return media_type.strip().lower(), params
-
-
-def is_form(media_type: str) -> bool:
-    return media_type in ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def parse_query(query: str) -> dict[str, str]:
@@ -62,3 +58,5 @@ def _decode(raw: bytes, charset: str) -> str:
         return raw.decode(charset)
     except UnicodeDecodeError:
         raise HTTPError(400, f"Body is not valid {charset}") from None
+    except LookupError:  # a codec that exists but is not a text encoding, like base64
+        raise HTTPError(400, f"Unsupported charset {charset!r}") from None

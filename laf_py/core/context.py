@@ -16,7 +16,7 @@ __all__ = ["FunctionContext", "new_request_id"]
 WS_CONNECTION = "WebSocket:connection"
 WS_MESSAGE = "WebSocket:message"
 WS_CLOSE = "WebSocket:close"
-INIT = "INIT"
+INIT_METHOD = "INIT"
 
 _EMPTY: Mapping[str, Any] = {}
 

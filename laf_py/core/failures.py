@@ -1,7 +1,8 @@
 """One place that turns an exception from a function into what the client is told.
 
-``HTTPError`` (timeouts included) is the function's own answer and goes to the client as is;
-anything else is a bug: logged with its traceback, reported to the client as a bare 500.
+``HTTPError`` is the function's own answer and goes to the client as is; a timeout is reported
+as 504 and logged as a warning; anything else is a bug: logged with its traceback, reported to
+the client as a bare 500.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ import logging
 
 from ..exceptions import FunctionTimeoutError, HTTPError
 
-__all__ = ["INTERNAL_ERROR", "describe_failure"]
+__all__ = ["INTERNAL_ERROR", "report_failure"]
 
 log = logging.getLogger("laf_py")
 
 INTERNAL_ERROR = "Internal Server Error"
 
 
-def describe_failure(
+def report_failure(
     exc: BaseException, function_name: str, request_id: str, socket_id: str | None = None
 ) -> tuple[int, str]:
-    """Log ``exc`` as it deserves and return the (status, message) for the client."""
+    """Log ``exc`` as it deserves and return the (status, message) to tell the client."""
     where = f"function {function_name!r} (request {request_id}"
     where += f", socket {socket_id})" if socket_id else ")"
     if isinstance(exc, FunctionTimeoutError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
@@ -12,7 +13,15 @@ from ..exceptions import FunctionTimeoutError
 from .context import FunctionContext
 from .registry import Function
 
-__all__ = ["Invoker"]
+__all__ = ["FunctionExit", "Invoker"]
+
+
+class FunctionExit(RuntimeError):
+    """A function raised SystemExit, KeyboardInterrupt or a CancelledError of its own.
+
+    Those must not stop the server or pass for a cancellation of the call, so they become an
+    ordinary error (500, or an error frame).
+    """
 
 
 class Invoker:
@@ -36,24 +45,22 @@ class Invoker:
         Raises what the function raises, or FunctionTimeoutError past its time limit.
         """
         seconds = function.timeout or self._default_timeout
-        reached = False
-
-        async def run_target(inner_ctx: FunctionContext) -> Any:
-            nonlocal reached
-            reached = True
-            return await self._run(function, inner_ctx)
-
         try:
             async with asyncio.timeout(seconds) as limit:
                 if interceptor is None:
-                    result = await run_target(ctx)
-                else:
-                    result = await self._run_interceptor(interceptor, ctx, run_target)
+                    return await self._run(function, ctx), True
+                return await self._intercept(interceptor, function, ctx)
         except TimeoutError:
             if limit.expired():
                 raise FunctionTimeoutError(function.name, seconds) from None
             raise
-        return result, reached
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the server is cancelling this call
+            raise FunctionExit(f"function {function.name!r} raised CancelledError") from None
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise FunctionExit(f"function {function.name!r} raised {exc!r}") from exc
 
     async def _run(self, function: Function, ctx: FunctionContext, *extra: Any) -> Any:
         main = function.main
@@ -68,17 +75,30 @@ class Invoker:
             result = await result
         return result
 
-    async def _run_interceptor(
-        self, interceptor: Function, ctx: FunctionContext, run_target: Any
-    ) -> Any:
-        if interceptor.is_async:
-            return await self._run(interceptor, ctx, run_target)
+    async def _intercept(
+        self, interceptor: Function, function: Function, ctx: FunctionContext
+    ) -> tuple[Any, bool]:
+        reached = False
 
-        # A plain-def interceptor runs in a thread; its `next` blocks that thread while the
-        # function runs on the loop.
+        async def next_async(inner_ctx: FunctionContext) -> Any:
+            nonlocal reached
+            reached = True
+            return await self._run(function, inner_ctx)
+
+        if interceptor.is_async:
+            return await self._run(interceptor, ctx, next_async), reached
+
+        # A plain-def interceptor runs in a worker thread, and its `next` blocks that thread.
         loop = asyncio.get_running_loop()
 
         def next_blocking(inner_ctx: FunctionContext) -> Any:
-            return asyncio.run_coroutine_threadsafe(run_target(inner_ctx), loop).result()
+            nonlocal reached
+            reached = True
+            main: Callable[..., Any] | None = function.main
+            assert main is not None
+            if not function.is_async:
+                # Run it right here: waiting for a second pool thread could deadlock the pool.
+                return main(inner_ctx)
+            return asyncio.run_coroutine_threadsafe(main(inner_ctx), loop).result()
 
-        return await self._run(interceptor, ctx, next_blocking)
+        return await self._run(interceptor, ctx, next_blocking), reached

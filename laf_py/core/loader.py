@@ -17,7 +17,7 @@ import types
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..exceptions import FunctionLoadError
+from ..exceptions import FunctionLoadError, LafError
 
 __all__ = ["PACKAGE", "ModuleLoader", "module_name"]
 
@@ -74,10 +74,24 @@ class ModuleLoader:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self._finder = _FunctionsFinder()
+        self._installed = False
+
+    def install(self) -> None:
+        """Make ``laf_functions`` this folder. A process hosts one functions folder at a time."""
+        if self._installed:
+            return
+        current = sys.modules.get(PACKAGE)
+        if current is not None and getattr(current, "__laf_loader__", None) is not None:
+            raise LafError(
+                "another laf-py server is already running in this process; "
+                "run one server per process (use --workers for more)"
+            )
         package = types.ModuleType(PACKAGE, "Function files of the running laf-py server.")
         package.__path__ = [str(self.root)]
+        package.__laf_loader__ = self  # type: ignore[attr-defined]
         sys.modules[PACKAGE] = package
         sys.meta_path.insert(0, self._finder)
+        self._installed = True
 
     def load(self, function_name: str, path: Path) -> types.ModuleType:
         """Import one function file; raise FunctionLoadError naming the file and line."""
@@ -91,7 +105,7 @@ class ModuleLoader:
     def purge(self) -> None:
         """Forget every loaded module so the next load reads the files again."""
         package = sys.modules.get(PACKAGE)
-        for name in [n for n in sys.modules if n.startswith(PACKAGE + ".")]:
+        for name in [n for n in list(sys.modules) if n.startswith(PACKAGE + ".")]:
             del sys.modules[name]
             # `from laf_functions import x` reads the package attribute before sys.modules.
             child = name.removeprefix(PACKAGE + ".")
@@ -100,10 +114,13 @@ class ModuleLoader:
         importlib.invalidate_caches()
 
     def close(self) -> None:
+        if not self._installed:
+            return
         self.purge()
         sys.modules.pop(PACKAGE, None)
         if self._finder in sys.meta_path:
             sys.meta_path.remove(self._finder)
+        self._installed = False
 
     def _describe(self, exc: BaseException, path: Path) -> FunctionLoadError:
         reason = f"{type(exc).__name__}: {exc}"

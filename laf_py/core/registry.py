@@ -24,9 +24,9 @@ log = logging.getLogger("laf_py")
 
 WEBSOCKET = "__websocket__"
 INTERCEPTOR = "__interceptor__"
-INIT = "__init__"
+INIT_FILE = "__init__"
 PRESENCE = "__presence__"
-RESERVED = frozenset({WEBSOCKET, INTERCEPTOR, INIT, PRESENCE})
+RESERVED = frozenset({WEBSOCKET, INTERCEPTOR, INIT_FILE, PRESENCE})
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
@@ -58,12 +58,6 @@ class FunctionRegistry:
         self._paths: dict[str, Path] = {}
         self._functions: dict[str, Function] = {}
 
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._paths))
-
     def get(self, name: str) -> Function | None:
         """The function called ``name``, loading it if needed; None when there is no such file."""
         function = self._functions.get(name)
@@ -75,8 +69,13 @@ class FunctionRegistry:
         """Like :meth:`get`, but only for names that HTTP may reach."""
         return self.get(name) if is_public_name(name) else None
 
+    def install(self) -> None:
+        """Claim the ``laf_functions`` package for this folder (LafError if taken)."""
+        self._loader.install()
+
     def load_all(self) -> list[Function]:
         """Scan the folder and import every file, so broken ones are reported now."""
+        self._loader.install()
         self._paths = dict(self._scan())
         self._functions.clear()
         return [f for name in sorted(self._paths) if (f := self.get(name)) is not None]
@@ -87,6 +86,7 @@ class FunctionRegistry:
         return self.load_all()
 
     def close(self) -> None:
+        self._paths.clear()
         self._functions.clear()
         self._loader.close()
 

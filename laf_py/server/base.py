@@ -24,13 +24,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.runtime = runtime
         self.activity = activity
 
+    _request_id: str | None = None
+
     @property
     def request_id(self) -> str:
-        request_id = self._headers.get("X-Request-Id")
-        if request_id is None:
-            request_id = new_request_id()
-            self.set_header("X-Request-Id", request_id)
-        return request_id
+        """This request's id, made on first use and sent back as ``X-Request-Id``."""
+        if self._request_id is None:
+            self._request_id = new_request_id()
+            self.set_header("X-Request-Id", self._request_id)
+        return self._request_id
 
     def authenticate(self, token: str | None) -> tuple[bool, dict[str, Any] | None]:
         """(ok, user): no token is fine (user None); a bad or expired one is not."""

@@ -8,8 +8,9 @@ from urllib.parse import unquote
 from ..cloud.tokens import bearer_token
 from ..core import body as bodies
 from ..core.context import FunctionContext
-from ..core.failures import describe_failure
+from ..core.failures import report_failure
 from ..core.response import render
+from ..exceptions import HTTPError
 from .base import INVALID_TOKEN, BaseHandler
 
 __all__ = ["PREFIX", "FunctionHandler", "HealthHandler", "name_from_path"]
@@ -67,7 +68,7 @@ class FunctionHandler(BaseHandler):
             result, _ = await self.runtime.invoker.call(function, ctx, interceptor)
             rendered = render(result, ctx.response_if_touched)
         except Exception as exc:
-            status, message = describe_failure(exc, name, ctx.request_id)
+            status, message = report_failure(exc, name, ctx.request_id)
             return self.send_error_json(status, message)
 
         self.set_status(rendered.status)
@@ -88,6 +89,9 @@ class FunctionHandler(BaseHandler):
 
     def _multipart_form(self) -> dict[str, Any]:
         """Fields as str; files as {"filename", "content_type", "body"}. Last value wins."""
+        if not self.request.body_arguments and not self.request.files:
+            # Tornado only logs a warning for a body it cannot parse.
+            raise HTTPError(400, "Malformed multipart/form-data body")
         form: dict[str, Any] = {
             key: values[-1].decode("utf-8", "replace")
             for key, values in self.request.body_arguments.items()

@@ -79,6 +79,10 @@ class Server:
                 self.activity.requests,
                 self.activity.connections,
             )
+            # Drop the connections still open, so their close events run while functions
+            # can still be called; wait a moment for those events, not for hung calls.
+            self.activity.close_connections(1001, SHUTDOWN_REASON)
+            await self.activity.wait_idle(min(grace, 1.0))
         if self._http is not None:
             await self._http.close_all_connections()
         await self.runtime.stop()

@@ -12,13 +12,14 @@ from collections.abc import Awaitable
 from typing import Any
 
 import tornado.websocket
+from tornado.iostream import IOStream
 
 from ..cloud.sockets import Socket
 from ..cloud.tokens import bearer_token, user_id_of
 from ..core import body as bodies
 from ..core import frames
 from ..core.context import WS_CLOSE, WS_CONNECTION, WS_MESSAGE, FunctionContext
-from ..core.failures import describe_failure
+from ..core.failures import report_failure
 from ..core.registry import WEBSOCKET, Function
 from ..core.response import error_body
 from ..exceptions import HTTPError
@@ -45,8 +46,7 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         self._query: dict[str, str] = {}
         self._user: dict[str, Any] | None = None
         self._rejected = False
-        self._busy = False
-        self._idle: asyncio.Future[None] | None = None
+        self._stream: IOStream | None = None
 
     # -- before the upgrade: plain HTTP errors ---------------------------------------------
 
@@ -66,13 +66,14 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     # -- events ----------------------------------------------------------------------------
 
     async def open(self, *args: str, **kwargs: str) -> None:
-        self.activity.begin_connection(self.close)
+        assert self.ws_connection is not None
+        self._stream = self.ws_connection.stream
+        self.activity.begin_connection(self.abort)
         self._query = bodies.parse_query(self.request.query)
         self.socket = socket = self.runtime.sockets.open(self, user_id_of(self._user))
         ctx = self._context(WS_CONNECTION, {})
         function = self.runtime.websocket
         interceptor = self.runtime.interceptor
-        self._busy = True
         try:
             if function is None or function.error or (interceptor and interceptor.error):
                 raise RuntimeError("WebSocket function or interceptor is unavailable")
@@ -82,41 +83,34 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             else:
                 self._reject(4403, "Forbidden")
         except HTTPError as exc:
-            describe_failure(exc, WEBSOCKET, ctx.request_id, socket.id)
             self._reject(4000 + exc.status, exc.message)
         except Exception as exc:
-            _, message = describe_failure(exc, WEBSOCKET, ctx.request_id, socket.id)
-            self._send_error_frame(message, ctx.request_id)
-            self._reject(INTERNAL_ERROR, message)
-        finally:
-            self._done()
+            _, error = report_failure(exc, WEBSOCKET, ctx.request_id, socket.id)
+            self._send_error_frame(error, ctx.request_id)
+            self._reject(INTERNAL_ERROR, error)
 
     async def on_message(self, message: str | bytes) -> None:
         if self._rejected or self.socket is None:
             return
         params = {"data": message, "is_binary": isinstance(message, bytes)}
         ctx = self._context(WS_MESSAGE, params)
-        self._busy = True
         try:
             await self.runtime.invoker.call(self._function(), ctx)
         except Exception as exc:
-            _, message = describe_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
-            self._send_error_frame(message, ctx.request_id)
-        finally:
-            self._done()
+            _, error = report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
+            self._send_error_frame(error, ctx.request_id)
 
     def on_close(self) -> None:
+        # Tornado (6.4+) calls this once, from its frame-reading loop, and only after the
+        # open() or on_message() in flight has returned: close really is the last event.
         socket = self.socket
         if socket is None:  # the upgrade never completed
             return
         self.runtime.sockets.discard(socket)
         task = asyncio.ensure_future(self._close_event(self.close_code, self.close_reason or ""))
-        task.add_done_callback(lambda _: self.activity.end_connection(self.close))
+        task.add_done_callback(lambda _: self.activity.end_connection(self.abort))
 
     async def _close_event(self, code: int | None, reason: str) -> None:
-        if self._busy:  # let the event in flight finish first
-            self._idle = asyncio.get_running_loop().create_future()
-            await self._idle
         if self._rejected:  # a connection that was never accepted has no close event
             return
         ctx = self._context(WS_CLOSE, {"code": code, "reason": reason})
@@ -124,7 +118,7 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             await self.runtime.invoker.call(self._function(), ctx)
         except Exception as exc:
             assert self.socket is not None
-            describe_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
+            report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
 
     # -- Transport, for Socket -------------------------------------------------------------
 
@@ -140,6 +134,14 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if reason:
             reason = reason.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
         super().close(code, reason)
+
+    def abort(self, code: int, reason: str) -> None:
+        """Shutdown: a closing handshake first; if that is already under way, drop the TCP
+        connection (Tornado would otherwise wait 5 s for the client's answer)."""
+        if self.ws_connection is not None:
+            self.close(code, reason)
+        elif self._stream is not None:
+            self._stream.close()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -159,11 +161,6 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if function is None or function.main is None:
             raise RuntimeError("functions/__websocket__.py is missing or failed to load")
         return function
-
-    def _done(self) -> None:
-        self._busy = False
-        if self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
 
     def _reject(self, code: int, reason: str) -> None:
         self._rejected = True
