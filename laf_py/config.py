@@ -97,11 +97,25 @@ class Option:
         try:
             return self.parse(raw)
         except ValueError:
-            shown = "<hidden>" if self.field == "secret" else repr(raw)
+            shown = _shown(self.field, raw)
             raise ConfigError(
                 f"{source}={shown} is not valid: expected {self.expects} "
                 f"(set {self.flag} or {self.env})"
             ) from None
+
+
+def _shown(field: str, raw: str) -> str:
+    """A rejected value as it may appear in an error: never a secret or a password."""
+    if field == "secret":
+        return "<hidden>"
+    if field == "database_url":
+        from sqlalchemy.engine import make_url
+
+        try:
+            return repr(make_url(raw).render_as_string(hide_password=True))
+        except Exception:
+            return "<unparsable URL>"
+    return repr(raw)
 
 
 def _port(raw: str) -> int:

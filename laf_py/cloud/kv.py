@@ -8,6 +8,7 @@ swept from the table in the background.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -15,7 +16,6 @@ from typing import Any
 from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..core import jsoncodec
 from .delivery import LoopBridge
 from .pending import Pending, start
 from .schema import kv_table
@@ -32,6 +32,7 @@ class KeyValueStore:
     def __init__(self, store: SQLStore, bridge: LoopBridge) -> None:
         self._engine = store.engine
         self._bridge = bridge
+        self._dialect = store.dialect
         self._insert = postgresql.insert if store.dialect == "postgresql" else sqlite.insert
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -43,7 +44,7 @@ class KeyValueStore:
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> Pending[None]:
         """Store a JSON-serialisable ``value``; with ``ttl``, it expires after that many seconds."""
-        encoded = jsoncodec.dumps(value).decode()  # fail here, in the caller, if not JSON
+        encoded = _encode(value)  # fail here, in the caller, if it is not JSON
         if ttl is not None and (isinstance(ttl, bool) or not ttl > 0):
             raise ValueError(f"ttl must be a number of seconds > 0, got {ttl!r}")
         expires_at = None if ttl is None else time.time() + ttl
@@ -83,7 +84,7 @@ class KeyValueStore:
         query = select(kv_table.c.value).where(kv_table.c.key == key, _live())
         async with self._engine.connect() as connection:
             value = (await connection.execute(query)).scalar()
-        return default if value is None else jsoncodec.loads(value)
+        return default if value is None else json.loads(value)
 
     async def _set(self, key: str, value: str, expires_at: float | None) -> None:
         upsert = self._insert(kv_table).values(key=key, value=value, expires_at=expires_at)
@@ -102,7 +103,8 @@ class KeyValueStore:
         return bool(result.rowcount)
 
     async def _keys(self, prefix: str) -> list[str]:
-        query = select(kv_table.c.key).where(_live()).order_by(kv_table.c.key)
+        order = kv_table.c.key.collate("C") if self._dialect == "postgresql" else kv_table.c.key
+        query = select(kv_table.c.key).where(_live()).order_by(order)  # by code point
         if prefix:
             query = query.where(kv_table.c.key.startswith(prefix, autoescape=True))
         async with self._engine.connect() as connection:
@@ -115,6 +117,12 @@ class KeyValueStore:
                 await self.sweep()
             except Exception:
                 log.exception("sweeping expired kv keys failed; will try again")
+
+
+def _encode(value: Any) -> str:
+    """Strict JSON: what comes back is what went in (the standard library, not orjson, which
+    would turn NaN into null and read integers past 64 bits back as floats)."""
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def _live() -> Any:

@@ -44,7 +44,30 @@ class Pending(Generic[T]):
 
 
 def start(bridge: LoopBridge, coroutine: Coroutine[Any, Any, T]) -> Pending[T]:
-    """Run ``coroutine`` on the bridge's loop now, from whichever thread."""
+    """Run ``coroutine`` on the bridge's loop now, from whichever thread.
+
+    The task is tracked either way, so shutdown waits for it even if nobody awaits it.
+    """
     if bridge.on_loop_thread():
         return Pending(bridge.track(asyncio.ensure_future(coroutine)))
-    return Pending(asyncio.run_coroutine_threadsafe(coroutine, bridge.loop))
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def begin() -> None:
+        task = bridge.track(asyncio.ensure_future(coroutine))
+        task.add_done_callback(lambda done: _copy(done, outcome))
+
+    try:
+        bridge.loop.call_soon_threadsafe(begin)
+    except RuntimeError:  # the loop is closed: the server has stopped
+        coroutine.close()
+        raise RuntimeError("the laf-py server has stopped") from None
+    return Pending(outcome)
+
+
+def _copy(done: asyncio.Future[T], outcome: concurrent.futures.Future[T]) -> None:
+    if done.cancelled():
+        outcome.cancel()
+    elif (error := done.exception()) is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(done.result())

@@ -13,6 +13,8 @@ from sqlalchemy import Column, Float, Integer, MetaData, Table, Text, select, te
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .sql import SQLITE_BEGIN
+
 __all__ = ["SCHEMA_VERSION", "kv_table", "migrate"]
 
 metadata = MetaData()
@@ -45,8 +47,10 @@ _PG_MIGRATION_LOCK = 0x1AF_5C4E  # any constant shared by every laf-py node
 
 async def migrate(engine: AsyncEngine) -> int:
     """Bring laf-py's tables up to SCHEMA_VERSION; return the version found before."""
-    async with engine.begin() as connection:
-        return await connection.run_sync(_migrate)
+    async with engine.connect() as connection:
+        await connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+        async with connection.begin():
+            return await connection.run_sync(_migrate)
 
 
 def _migrate(connection: Connection) -> int:

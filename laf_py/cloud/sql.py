@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-__all__ = ["SQLStore", "normalize_database_url", "redacted"]
+__all__ = ["SQLITE_BEGIN", "SQLStore", "normalize_database_url", "redacted"]
+
+SQLITE_BEGIN = "laf_sqlite_begin"  # execution option: "IMMEDIATE" for read-then-write
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -82,14 +84,17 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         # SQLAlchemy's "begin" below emit them, as SQLAlchemy's SQLite notes recommend.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL may have to wait
         cursor.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives the process being killed; only a power loss
         # or OS crash can lose the last commits.
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # "BEGIN IMMEDIATE" when a transaction will read and then write (migrations): taking
+        # the write lock up front lets the busy timeout work instead of failing at once.
+        mode = connection.get_execution_options().get(SQLITE_BEGIN, "")
+        connection.exec_driver_sql(f"BEGIN {mode}".strip())
