@@ -141,6 +141,7 @@ async def _open_database(url: str) -> SQLStore:
     """Connect and bring laf-py's tables up to date, or fail start-up in one line."""
     store = SQLStore(url)
     try:
+        await store.use_wal_mode()
         await migrate(store.engine)
     except Exception as exc:
         await store.close()

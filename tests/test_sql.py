@@ -392,3 +392,18 @@ def test_default_database_is_beside_the_functions(functions_dir: Path, tmp_path:
     settings = Settings.load({"functions_dir": str(functions_dir)}, {})
     assert settings.database_url is None
     assert settings.database == f"sqlite+aiosqlite:///{tmp_path.resolve() / '.laf' / 'laf.db'}"
+
+
+async def test_two_stores_switch_a_fresh_sqlite_file_to_wal_together(tmp_path: Path) -> None:
+    """Workers opening a brand-new SQLite file at once all get it into WAL mode."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    stores = [SQLStore(url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.use_wal_mode() for store in stores))
+        await asyncio.gather(*(migrate(store.engine) for store in stores))
+        async with stores[0].engine.connect() as connection:
+            mode = (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar()
+    finally:
+        for store in stores:
+            await store.close()
+    assert mode == "wal"

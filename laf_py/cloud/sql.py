@@ -6,9 +6,12 @@ SQLite (aiosqlite) by default, in WAL mode so readers never wait for the writer;
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -59,6 +62,7 @@ class SQLStore:
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
             assert parsed.database
+            self._sqlite_path = parsed.database
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
             _tune_sqlite(self.engine)
@@ -69,6 +73,29 @@ class SQLStore:
     def session(self, **options: Any) -> AsyncSession:
         """A new ORM session; use it as ``async with cloud.sql.session() as s:``."""
         return self._sessions(**options)
+
+    async def use_wal_mode(self, patience: float = 10.0) -> None:
+        """Switch a SQLite file to WAL, once: readers then never wait for the writer.
+
+        The switch needs a moment alone with the file, which SQLite does not wait for, so
+        several workers opening a new file together retry for a while.
+        """
+        if self.dialect != "sqlite":
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        delay = 0.01
+        while True:
+            try:
+                # Straight to the driver: SQLAlchemy would wrap the pragma in a transaction.
+                async with aiosqlite.connect(self._sqlite_path) as connection:
+                    await connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -84,10 +111,9 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         # SQLAlchemy's "begin" below emit them, as SQLAlchemy's SQLite notes recommend.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL may have to wait
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives the process being killed; only a power loss
-        # or OS crash can lose the last commits.
+        cursor.execute("PRAGMA busy_timeout=30000")
+        # NORMAL in WAL mode (switched on once per file by use_wal_mode): a commit survives
+        # the process being killed; only a power loss or OS crash can lose the last commits.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
