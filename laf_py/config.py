@@ -34,6 +34,10 @@ class Settings:
     log_level: str = "info"
     database_url: str | None = None
     secret: str | None = None
+    redis_url: str | None = None
+    workers: int = 1
+    cluster: str = "laf"
+    heartbeat: float = 2.0
 
     @property
     def data_dir(self) -> Path:
@@ -72,6 +76,11 @@ class Settings:
                 f"functions folder {str(self.functions_dir)!r} {what}; "
                 "create it or point --functions / LAF_FUNCTIONS at one"
             )
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                f"--workers {self.workers} needs Redis to join the workers: "
+                "set --redis-url / LAF_REDIS_URL (or use one worker)"
+            )
         if self.secret is not None and len(self.secret) < MIN_SECRET_LENGTH:
             raise ConfigError(
                 f"the secret is too short: use at least {MIN_SECRET_LENGTH} characters "
@@ -108,7 +117,7 @@ def _shown(field: str, raw: str) -> str:
     """A rejected value as it may appear in an error: never a secret or a password."""
     if field == "secret":
         return "<hidden>"
-    if field == "database_url":
+    if field in ("database_url", "redis_url"):
         from sqlalchemy.engine import make_url
 
         try:
@@ -162,6 +171,25 @@ def _database_url(raw: str) -> str:
 
 def _secret(raw: str) -> str:
     if len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(raw)
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(raw)
+    return raw
+
+
+def _workers(raw: str) -> int:
+    workers = int(raw)
+    if not 1 <= workers <= 256:
+        raise ValueError(raw)
+    return workers
+
+
+def _cluster(raw: str) -> str:
+    if not raw or not all(c.isalnum() or c in "-_." for c in raw):
         raise ValueError(raw)
     return raw
 
@@ -245,6 +273,38 @@ OPTIONS: tuple[Option, ...] = (
         f"at least {MIN_SECRET_LENGTH} characters",
         "key that signs tokens (default: generated once into .laf/secret); "
         "prefer LAF_SECRET, command lines are visible to other users",
+    ),
+    Option(
+        "redis_url",
+        "--redis-url",
+        "LAF_REDIS_URL",
+        _redis_url,
+        "redis://host:6379/0 (or rediss://, unix://)",
+        "Redis that joins workers and machines (default: none, one process)",
+    ),
+    Option(
+        "workers",
+        "--workers",
+        "LAF_WORKERS",
+        _workers,
+        "a number of processes from 1 to 256",
+        "processes serving the port on this machine (default 1; more need --redis-url)",
+    ),
+    Option(
+        "cluster",
+        "--cluster",
+        "LAF_CLUSTER",
+        _cluster,
+        "letters, digits, '-', '_' or '.'",
+        "name that keeps this cluster's Redis keys and channels apart (default laf)",
+    ),
+    Option(
+        "heartbeat",
+        "--heartbeat",
+        "LAF_HEARTBEAT",
+        _positive,
+        "seconds > 0",
+        "how often a node tells Redis it is alive; silent for 3 beats = dead (default 2)",
     ),
     Option(
         "log_level",

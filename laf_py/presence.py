@@ -1,11 +1,17 @@
 """Presence events: ``functions/__presence__.py`` hears when a user comes online (their first
-connection) and goes offline (their last connection closed), in order, one at a time."""
+connection) and goes offline (their last connection closed), in order, one at a time.
+
+With Redis, "first" and "last" are decided for the whole cluster, and the cluster's record of
+who is where is kept here too, whether or not there is a ``__presence__`` function.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
+from collections.abc import Coroutine
+from typing import Any
 
+from .bus import Bus
 from .cloud.delivery import LoopBridge
 from .core.context import FunctionContext
 from .core.failures import report_failure
@@ -13,8 +19,6 @@ from .core.invoke import Invoker
 from .core.registry import PRESENCE, FunctionRegistry
 
 __all__ = ["OFFLINE", "ONLINE", "PresenceEvents"]
-
-log = logging.getLogger("laf_py")
 
 ONLINE = "Presence:online"
 OFFLINE = "Presence:offline"
@@ -25,19 +29,40 @@ class PresenceEvents:
         self._registry = registry
         self._invoker = invoker
         self._bridge = bridge
+        self.bus: Bus | None = None
         self._last: asyncio.Future[None] | None = None
 
     def __call__(self, user_id: str, online: bool) -> None:
-        """Queue one event (on the loop thread); it runs after every event queued before it."""
-        if self._registry.get(PRESENCE) is None:
-            return
-        self._last = self._bridge.track(
-            asyncio.ensure_future(self._run(self._last, user_id, online))
-        )
+        """A user's first connection here opened, or their last one here closed."""
+        self._queue(self._changed_here(user_id, online))
 
-    async def _run(self, previous: asyncio.Future[None] | None, user_id: str, online: bool) -> None:
+    def gone_elsewhere(self, user_id: str) -> None:
+        """Another node died holding the user's last connections (the bus reaped it)."""
+        self._queue(self._run(user_id, False))
+
+    def _queue(self, event: Coroutine[Any, Any, None]) -> None:
+        if self.bus is None and self._registry.get(PRESENCE) is None:
+            event.close()
+            return
+        self._last = self._bridge.track(asyncio.ensure_future(self._after(self._last, event)))
+
+    async def _after(
+        self, previous: asyncio.Future[None] | None, event: Coroutine[Any, Any, None]
+    ) -> None:
         if previous is not None:
             await previous
+        await event
+
+    async def _changed_here(self, user_id: str, online: bool) -> None:
+        if self.bus is not None:
+            cluster_changed = await (self.bus.user_joined if online else self.bus.user_left)(
+                user_id
+            )
+            if not cluster_changed:
+                return  # the user is (still) connected on another node
+        await self._run(user_id, online)
+
+    async def _run(self, user_id: str, online: bool) -> None:
         function = self._registry.get(PRESENCE)
         if function is None or function.error is not None:
             return

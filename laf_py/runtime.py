@@ -6,11 +6,12 @@ The server package drives it: ``start()`` before serving, ``stop()`` after the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cloud import cloud
 from .cloud.delivery import LoopBridge
@@ -26,6 +27,9 @@ from .core.registry import INIT_FILE, INTERCEPTOR, WEBSOCKET, Function, Function
 from .core.watcher import FolderWatcher
 from .exceptions import LafError
 from .presence import PresenceEvents
+
+if TYPE_CHECKING:
+    from .bus.redis import RedisBus
 
 __all__ = ["Runtime", "StartupError"]
 
@@ -53,6 +57,7 @@ class Runtime:
         self.sql: SQLStore | None = None
         self.kv: KeyValueStore | None = None
         self._attached = False
+        self._bus: RedisBus | None = None
 
     @property
     def sockets(self) -> SocketRegistry:
@@ -86,6 +91,9 @@ class Runtime:
         self.sql = await _open_database(self.settings.database)
         self.kv = KeyValueStore(self.sql, bridge)
         self.kv.start_sweeping()
+        if self.settings.redis_url:
+            bus = await _join_cluster(self.settings, self._sockets, presence)
+            presence.bus = self._sockets.bus = self._bus = bus
         cloud.attach(self._sockets, self.kv, self.sql, self.tokens)
         self._attached = True
         functions = self.registry.load_all()
@@ -107,6 +115,9 @@ class Runtime:
             await self._watcher.stop()
         if self.bridge is not None:
             await self.bridge.drain()
+        if self._bus is not None:
+            await self._bus.stop()
+            self._bus = None
         if self.kv is not None:
             await self.kv.stop_sweeping()
         if self.sql is not None:
@@ -135,6 +146,34 @@ class Runtime:
         functions = self.registry.reload()
         broken = sum(1 for f in functions if f.error)
         log.info("reloaded after change to %s%s", names, f" ({broken} failed)" if broken else "")
+
+
+async def _join_cluster(
+    settings: Settings, sockets: SocketRegistry, presence: PresenceEvents
+) -> RedisBus:
+    """Connect this node to the others through Redis, or fail start-up in one line."""
+    from .bus.redis import RedisBus  # redis is imported only when it is configured
+
+    assert settings.redis_url is not None
+    bridge = sockets.bridge
+    bus = RedisBus(
+        settings.redis_url,
+        node_id=sockets.node_id,
+        prefix=settings.cluster,
+        heartbeat=settings.heartbeat,
+        on_offline=presence.gone_elsewhere,
+        track=lambda work: bridge.track(asyncio.ensure_future(work)),
+    )
+    try:
+        await bus.start(sockets)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await bus.stop()
+        raise StartupError(
+            f"cannot reach Redis at {bus.safe_url()}: {exc} (check --redis-url / LAF_REDIS_URL)"
+        ) from None
+    log.info("joined cluster %r through Redis as node %s", settings.cluster, sockets.node_id)
+    return bus
 
 
 async def _open_database(url: str) -> SQLStore:

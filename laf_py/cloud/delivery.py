@@ -23,34 +23,37 @@ class Delivery:
     which cannot await, use :meth:`result`.
     """
 
-    __slots__ = ("_count", "_flushed", "_future")
+    __slots__ = ("_count", "_flushed", "_future", "_remote")
 
     def __init__(
         self,
         count: int = 0,
         *,
         flushed: Awaitable[Any] | None = None,
-        future: concurrent.futures.Future[Delivery] | None = None,
+        remote: asyncio.Future[int] | None = None,
+        future: concurrent.futures.Future[int] | None = None,
     ) -> None:
-        self._count = count
-        self._flushed = flushed
-        self._future = future
+        self._count = count  # connections of this process reached
+        self._flushed = flushed  # the write to a single socket, for socket.send
+        self._remote = remote  # connections other nodes reached, as they report them
+        self._future = future  # the whole count, for a send made from a worker thread
 
     def __await__(self) -> Generator[Any, None, int]:
         if self._future is not None:
-            handed_over = yield from asyncio.wrap_future(self._future).__await__()
-            return (yield from handed_over.__await__())
+            return (yield from asyncio.wrap_future(self._future).__await__())
         if self._flushed is not None:
             try:
                 yield from self._flushed.__await__()
             except Exception:  # the connection went away before the frame was written
                 return 0
+        if self._remote is not None:
+            return self._count + (yield from self._remote.__await__())
         return self._count
 
     def result(self, timeout: float | None = None) -> int:
         """The count, for code outside the event loop (a plain ``def main``)."""
         if self._future is not None:
-            return self._future.result(timeout).result()
+            return self._future.result(timeout)
         return self._count
 
     def __repr__(self) -> str:
@@ -84,11 +87,14 @@ class LoopBridge:
         """Call ``send(*args)`` now if on the loop thread, else schedule it there."""
         if threading.get_ident() == self._thread_id:
             return send(*args)
-        future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        async def settle(delivery: Delivery) -> None:
+            future.set_result(await delivery)
 
         def run() -> None:
             try:
-                future.set_result(send(*args))
+                self.track(asyncio.ensure_future(settle(send(*args))))
             except BaseException as exc:
                 future.set_exception(exc)
 

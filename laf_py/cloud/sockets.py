@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.frames import encode_frame
 from .delivery import Delivery, LoopBridge
 from .pending import Pending, start
 
-__all__ = ["Socket", "SocketRegistry", "Transport"]
+if TYPE_CHECKING:
+    from ..bus import Bus
+
+__all__ = ["SOCKET_ID_LENGTH", "RemoteSocket", "Socket", "SocketRegistry", "Transport"]
+
+SOCKET_ID_LENGTH = 24  # 8 hex characters of node id, then 16 random ones
 
 
 class Transport(Protocol):
@@ -89,17 +94,26 @@ class SocketRegistry:
     """``cloud.sockets``: find connections by id or user and deliver to them."""
 
     def __init__(
-        self, bridge: LoopBridge, on_presence: Callable[[str, bool], None] | None = None
+        self,
+        bridge: LoopBridge,
+        on_presence: Callable[[str, bool], None] | None = None,
+        node_id: str | None = None,
     ) -> None:
         self.bridge = bridge
+        self.node_id = node_id or os.urandom(4).hex()  # every socket id starts with it
+        self.bus: Bus | None = None  # set when Redis joins this node to others
         self._on_presence = on_presence  # (user_id, online) when a user comes or goes
         self._sockets: dict[str, Socket] = {}
         self._by_user: dict[str, set[Socket]] = {}
 
     # -- finding ---------------------------------------------------------------------------
 
-    def get(self, socket_id: str) -> Socket | None:
-        return self._sockets.get(socket_id)
+    def get(self, socket_id: str) -> Socket | RemoteSocket | None:
+        """The connection with this id: a Socket here, a RemoteSocket on another node."""
+        socket = self._sockets.get(socket_id)
+        if socket is None and self.bus is not None and self._is_remote_id(socket_id):
+            return RemoteSocket(socket_id, self)
+        return socket
 
     def __len__(self) -> int:
         return len(self._sockets)
@@ -145,16 +159,20 @@ class SocketRegistry:
         return start(self.bridge, self._online_users())
 
     async def _is_online(self, user_id: str) -> bool:
-        return user_id in self._by_user
+        if user_id in self._by_user:
+            return True
+        return self.bus is not None and await self.bus.is_online(user_id)
 
     async def _online_users(self) -> list[str]:
-        return list(self._by_user)
+        if self.bus is None:
+            return list(self._by_user)
+        return sorted(set(self._by_user).union(await self.bus.online_users()))
 
     # -- used by the server, on the loop thread --------------------------------------------
 
     def open(self, transport: Transport, user_id: str | None = None) -> Socket:
         """A new connection, not yet findable: its ``connection`` event decides."""
-        socket = Socket(os.urandom(12).hex(), transport, self)
+        socket = Socket(self.node_id + os.urandom(8).hex(), transport, self)
         socket._user_id = user_id
         return socket
 
@@ -173,17 +191,54 @@ class SocketRegistry:
     # -- internals -------------------------------------------------------------------------
 
     def _publish_frame(self, frame: bytes, socket_ids: list[str]) -> Delivery:
+        reached = self.write_ids(frame, socket_ids)
+        if self.bus is None:
+            return Delivery(reached)
+        by_node: dict[str, list[str]] = {}
+        for socket_id in socket_ids:
+            if self._is_remote_id(socket_id):
+                by_node.setdefault(socket_id[: len(self.node_id)], []).append(socket_id)
+        if not by_node:
+            return Delivery(reached)
+        return Delivery(reached, remote=self.bus.to_sockets(frame, by_node))
+
+    def _broadcast_frame(self, frame: bytes, skip: set[str]) -> Delivery:
+        reached = self.write_everyone(frame, skip)
+        if self.bus is None:
+            return Delivery(reached)
+        return Delivery(reached, remote=self.bus.to_everyone(frame, skip))
+
+    def _user_frame(self, frame: bytes, user_id: str) -> Delivery:
+        reached = self.write_user(frame, user_id)
+        if self.bus is None:
+            return Delivery(reached)
+        return Delivery(reached, remote=self.bus.to_user(frame, user_id))
+
+    def _is_remote_id(self, socket_id: str) -> bool:
+        return len(socket_id) == SOCKET_ID_LENGTH and not socket_id.startswith(self.node_id)
+
+    # -- LocalSockets: what other nodes ask of this one, on the loop thread ----------------
+
+    def write_ids(self, frame: bytes, socket_ids: list[str]) -> int:
         found = (self._sockets.get(socket_id) for socket_id in socket_ids)
         return _write_all(frame, [socket for socket in found if socket is not None])
 
-    def _broadcast_frame(self, frame: bytes, skip: set[str]) -> Delivery:
+    def write_everyone(self, frame: bytes, skip: set[str]) -> int:
         sockets = self._sockets.values()
         if skip:
             return _write_all(frame, [s for s in sockets if s.id not in skip])
         return _write_all(frame, list(sockets))
 
-    def _user_frame(self, frame: bytes, user_id: str) -> Delivery:
+    def write_user(self, frame: bytes, user_id: str) -> int:
         return _write_all(frame, list(self._by_user.get(user_id, ())))
+
+    def close_local(self, socket_id: str, code: int, reason: str) -> None:
+        socket = self._sockets.get(socket_id)
+        if socket is not None:
+            socket._close_now(code, reason)
+
+    def local_users(self) -> list[str]:
+        return list(self._by_user)
 
     def _reindex(self, socket: Socket, previous: str | None, user_id: str | None) -> None:
         """Move a socket between users' sets (on the loop thread, in call order)."""
@@ -206,10 +261,41 @@ class SocketRegistry:
             self._on_presence(user_id, online)
 
 
-def _write_all(frame: bytes, sockets: list[Socket]) -> Delivery:
+def _write_all(frame: bytes, sockets: list[Socket]) -> int:
     """Hand one encoded frame to each socket; the count is of those that took it."""
     reached = 0
     for socket in sockets:
         if socket._transport.write_frame(frame) is not None:
             reached += 1
-    return Delivery(reached)
+    return reached
+
+
+class RemoteSocket:
+    """A connection on another node, found by id: it can be sent to and closed.
+
+    Whether it still exists is known only there, so ``send`` reports 0 when it is gone.
+    """
+
+    __slots__ = ("_registry", "id")
+
+    user_id = None
+    closed = False
+
+    def __init__(self, socket_id: str, registry: SocketRegistry) -> None:
+        self.id = socket_id
+        self._registry = registry
+
+    @property
+    def state(self) -> dict[str, Any]:
+        raise AttributeError("socket.state lives on the node that holds the connection")
+
+    def send(self, data: str | bytes | dict[str, Any] | list[Any]) -> Delivery:
+        return self._registry.publish(data, [self.id])
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        bus = self._registry.bus
+        if bus is not None:
+            self._registry.bridge.call(bus.close_socket, self.id, code, reason)
+
+    def __repr__(self) -> str:
+        return f"<RemoteSocket {self.id}>"

@@ -1,0 +1,381 @@
+"""RedisBus: nodes joined through Redis pub/sub, for delivery and presence.
+
+Channels (``<prefix>`` is the cluster name, ``laf`` by default):
+
+- ``<prefix>:all`` — broadcasts and sends to a user: one publish reaches every node;
+- ``<prefix>:node:<id>`` — sends to sockets of one node (a socket id starts with its node's id)
+  and the replies that count how many connections a delivery reached.
+
+Presence lives in Redis sets kept by Lua scripts, so "first device online" and "last device
+gone" are decided once for the whole cluster; nodes beat every ``heartbeat`` seconds, and a node
+silent for three beats is reaped by the others, its users going offline.
+
+Delivery is at most once: while Redis is unreachable, local sockets are still served, other
+nodes' sockets miss what is sent, and nothing is queued for later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import wire
+
+__all__ = ["LocalSockets", "RedisBus"]
+
+log = logging.getLogger("laf_py")
+
+REPLY_TIMEOUT = 2.0  # how long a delivery waits for other nodes' counts
+_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6 "
+
+_BEAT = _NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1]) return 1"
+
+_JOIN = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return redis.call('SCARD', KEYS[1])
+"""
+
+_LEAVE = """
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return redis.call('SCARD', KEYS[1])
+"""
+
+# KEYS[1] = nodes zset; ARGV[1] = prefix, ARGV[2] = seconds after which a node is dead
+_REAP = (
+    _NOW
+    + """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
+local offline = {}
+for _, node in ipairs(dead) do
+  local users = redis.call('SMEMBERS', ARGV[1] .. ':nusers:' .. node)
+  for _, user in ipairs(users) do
+    local key = ARGV[1] .. ':unodes:' .. user
+    redis.call('SREM', key, node)
+    if redis.call('SCARD', key) == 0 then table.insert(offline, user) end
+  end
+  redis.call('DEL', ARGV[1] .. ':nusers:' .. node)
+  redis.call('ZREM', KEYS[1], node)
+end
+return offline
+"""
+)
+
+# KEYS[1] = nodes zset, KEYS[2] = the user's node set; ARGV[1] = seconds of life
+_IS_ONLINE = (
+    _NOW
+    + """
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local beat = redis.call('ZSCORE', KEYS[1], node)
+  if beat and tonumber(beat) > now - tonumber(ARGV[1]) then return 1 end
+end
+return 0
+"""
+)
+
+# KEYS[1] = nodes zset; ARGV[1] = prefix, ARGV[2] = seconds of life
+_ONLINE_USERS = (
+    _NOW
+    + """
+local seen, users = {}, {}
+local alive = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - tonumber(ARGV[2])), '+inf')
+for _, node in ipairs(alive) do
+  for _, user in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':nusers:' .. node)) do
+    if not seen[user] then seen[user] = true table.insert(users, user) end
+  end
+end
+return users
+"""
+)
+
+
+class LocalSockets(Protocol):
+    """What a node does with deliveries that arrive from other nodes."""
+
+    def write_ids(self, frame: bytes, socket_ids: list[str]) -> int: ...
+    def write_everyone(self, frame: bytes, skip: set[str]) -> int: ...
+    def write_user(self, frame: bytes, user_id: str) -> int: ...
+    def close_local(self, socket_id: str, code: int, reason: str) -> None: ...
+    def local_users(self) -> list[str]: ...
+
+
+class _Tally:
+    """Counts from other nodes for one delivery, resolved when all answered or time is up."""
+
+    __slots__ = ("answered", "expected", "future", "reached", "timer")
+
+    def __init__(self, future: asyncio.Future[int]) -> None:
+        self.future = future
+        self.expected: int | None = None  # known once PUBLISH says how many nodes heard it
+        self.answered = 0
+        self.reached = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def reached_all(self) -> bool:
+        return self.expected is not None and self.answered >= self.expected
+
+    def settle(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.reached)
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class RedisBus:
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        prefix: str,
+        heartbeat: float,
+        on_offline: Callable[[str], None],
+        track: Callable[[Awaitable[Any]], object],
+    ) -> None:
+        self.node_id = node_id
+        self._url = url
+        self._prefix = prefix
+        self._heartbeat = heartbeat
+        self._lifetime = 3 * heartbeat
+        self._on_offline = on_offline
+        self._track = track  # keeps publishing tasks alive and lets shutdown wait for them
+        self._local: LocalSockets | None = None
+        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._all = f"{prefix}:all"
+        self._mine = f"{prefix}:node:{node_id}"
+        self._nodes = f"{prefix}:nodes"
+        self._tallies: dict[int, _Tally] = {}
+        self._ids = itertools.count(1)
+        self._lost = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, local: LocalSockets) -> None:
+        """Reach Redis (or raise), subscribe, beat. Returns once this node can be reached."""
+        self._local = local
+        await self._redis.ping()
+        await self._beat()
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="laf-py redis listener"),
+            asyncio.create_task(self._beat_forever(), name="laf-py redis heartbeat"),
+        ]
+        await asyncio.wait_for(self._subscribed.wait(), 10)
+
+    async def stop(self) -> None:
+        """Leave the cluster: forget this node's users and heartbeat, then disconnect."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for tally in list(self._tallies.values()):
+            tally.settle()
+        with contextlib.suppress(*_FAILURES):
+            users = self._local.local_users() if self._local else []
+            for user in users:
+                await self.user_left(user)
+            await self._redis.zrem(self._nodes, self.node_id)
+        await self._redis.aclose()
+
+    # -- delivering -------------------------------------------------------------------------
+
+    def to_sockets(self, frame: bytes, by_node: dict[str, list[str]]) -> asyncio.Future[int]:
+        futures = [
+            self._publish(f"{self._prefix}:node:{node}", {"k": "ids", "ids": ids}, frame)
+            for node, ids in by_node.items()
+        ]
+        if len(futures) == 1:
+            return futures[0]
+        return asyncio.ensure_future(_sum(futures))
+
+    def to_everyone(self, frame: bytes, skip: set[str]) -> asyncio.Future[int]:
+        return self._publish(self._all, {"k": "all", "skip": sorted(skip)}, frame)
+
+    def to_user(self, frame: bytes, user_id: str) -> asyncio.Future[int]:
+        # One publish to every node rather than a lookup of the user's nodes first: one round
+        # trip instead of two, and nodes without the user drop it after a dict lookup.
+        return self._publish(self._all, {"k": "user", "user": user_id}, frame)
+
+    def close_socket(self, socket_id: str, code: int, reason: str) -> None:
+        header = {"op": "close", "id": socket_id, "code": code, "reason": reason}
+        channel = f"{self._prefix}:node:{socket_id[: len(self.node_id)]}"
+        self._track(self._safely(self._redis.publish(channel, wire.encode(header))))
+
+    def _publish(self, channel: str, header: dict[str, Any], frame: bytes) -> asyncio.Future[int]:
+        loop = asyncio.get_running_loop()
+        tally = _Tally(loop.create_future())
+        corr = next(self._ids)
+        self._tallies[corr] = tally
+        tally.future.add_done_callback(lambda _: self._tallies.pop(corr, None))
+        tally.timer = loop.call_later(REPLY_TIMEOUT, tally.settle)
+        header = {**header, "op": "deliver", "from": self.node_id, "corr": corr}
+        message = wire.encode(header, frame)
+
+        async def publish() -> None:
+            try:
+                heard = await self._redis.publish(channel, message)
+            except _FAILURES as exc:
+                self._lose(exc)
+                tally.settle()
+                return
+            tally.expected = heard - (1 if channel == self._all else 0)  # not ourselves
+            if tally.reached_all():
+                tally.settle()
+
+        self._track(publish())
+        return tally.future
+
+    # -- presence ---------------------------------------------------------------------------
+
+    async def user_joined(self, user_id: str) -> bool:
+        """Record that this node holds ``user_id``; True if no node held them before."""
+        keys = [f"{self._prefix}:unodes:{user_id}", f"{self._prefix}:nusers:{self.node_id}"]
+        try:
+            count = await self._redis.eval(_JOIN, 2, *keys, self.node_id, user_id)
+        except _FAILURES as exc:
+            self._lose(exc)
+            return True  # cannot tell: report what this node saw
+        return int(count) == 1
+
+    async def user_left(self, user_id: str) -> bool:
+        """Record that this node no longer holds ``user_id``; True if no node holds them now."""
+        keys = [f"{self._prefix}:unodes:{user_id}", f"{self._prefix}:nusers:{self.node_id}"]
+        try:
+            count = await self._redis.eval(_LEAVE, 2, *keys, self.node_id, user_id)
+        except _FAILURES as exc:
+            self._lose(exc)
+            return True
+        return int(count) == 0
+
+    async def is_online(self, user_id: str) -> bool:
+        keys = [self._nodes, f"{self._prefix}:unodes:{user_id}"]
+        try:
+            return bool(await self._redis.eval(_IS_ONLINE, 2, *keys, self._lifetime))
+        except _FAILURES as exc:
+            self._lose(exc)
+            return False
+
+    async def online_users(self) -> list[str]:
+        try:
+            users = await self._redis.eval(
+                _ONLINE_USERS, 1, self._nodes, self._prefix, self._lifetime
+            )
+        except _FAILURES as exc:
+            self._lose(exc)
+            return []
+        return [u.decode() if isinstance(u, bytes) else str(u) for u in users]
+
+    # -- background -------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._all, self._mine)
+                self._subscribed.set()
+                if self._lost:
+                    await self._rejoin()
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None:
+                        self._receive(message["data"])
+            except _FAILURES as exc:
+                self._lose(exc)
+            finally:
+                with contextlib.suppress(*_FAILURES):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """Say this node is alive, and reap nodes that stopped saying so."""
+        try:
+            await self._redis.eval(_BEAT, 1, self._nodes, self.node_id)
+            offline = await self._redis.eval(_REAP, 1, self._nodes, self._prefix, self._lifetime)
+        except _FAILURES as exc:
+            self._lose(exc)
+            return
+        for user in offline:
+            self._on_offline(user.decode() if isinstance(user, bytes) else str(user))
+
+    async def _rejoin(self) -> None:
+        """After an outage (we may have been reaped): beat and claim our users again."""
+        log.warning("reconnected to Redis at %s", self.safe_url())
+        self._lost = False
+        await self._beat()
+        for user in self._local.local_users() if self._local else []:
+            await self.user_joined(user)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            header, frame = wire.decode(data)
+        except ValueError:
+            log.warning("ignoring a malformed message on the Redis bus")
+            return
+        local = self._local
+        assert local is not None
+        op = header.get("op")
+        if op == "deliver":
+            if header["from"] == self.node_id:
+                return  # our own broadcast: local sockets were written directly
+            kind = header["k"]
+            if kind == "ids":
+                reached = local.write_ids(frame, header["ids"])
+            elif kind == "all":
+                reached = local.write_everyone(frame, set(header["skip"]))
+            else:
+                reached = local.write_user(frame, header["user"])
+            reply = {"op": "count", "corr": header["corr"], "n": reached}
+            channel = f"{self._prefix}:node:{header['from']}"
+            self._track(self._safely(self._redis.publish(channel, wire.encode(reply))))
+        elif op == "count":
+            tally = self._tallies.get(header["corr"])
+            if tally is not None:
+                tally.reached += header["n"]
+                tally.answered += 1
+                if tally.reached_all():
+                    tally.settle()
+        elif op == "close":
+            local.close_local(header["id"], header["code"], header["reason"])
+
+    async def _safely(self, operation: Awaitable[Any]) -> None:
+        try:
+            await operation
+        except _FAILURES as exc:
+            self._lose(exc)
+
+    def _lose(self, exc: BaseException) -> None:
+        if not self._lost:
+            self._lost = True
+            log.warning(
+                "lost Redis at %s (%s); local sockets are still served, other nodes' sockets "
+                "miss what is sent until it is back; retrying",
+                self.safe_url(),
+                exc,
+            )
+
+    def safe_url(self) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self._url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
+
+
+async def _sum(futures: list[asyncio.Future[int]]) -> int:
+    return sum(await asyncio.gather(*futures))
