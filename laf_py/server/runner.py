@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 import tornado.httpserver
 import tornado.netutil
@@ -44,15 +45,10 @@ class Server:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
-    async def start(self) -> None:
-        """Bind, load functions and run ``__init__``, then accept traffic."""
-        try:
-            self._listeners = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {self.settings.host}:{self.settings.port}: "
-                f"{exc.strerror or exc}; choose another --port / LAF_PORT or --host / LAF_HOST"
-            ) from None
+    async def start(self, listeners: list[socket.socket] | None = None) -> None:
+        """Bind (or take ``listeners`` bound by a parent process), load functions and run
+        ``__init__``, then accept traffic."""
+        self._listeners = listeners or bind(self.settings)
         try:
             await self.runtime.start()
         except BaseException:
@@ -63,7 +59,8 @@ class Server:
             make_app(self.runtime, self.activity), xheaders=True
         )
         self._http.add_sockets(self._listeners)
-        log.info("laf-py listening on %s", self.url)
+        if listeners is None:
+            log.info("laf-py listening on %s", self.url)
 
     async def stop(self) -> None:
         """Stop accepting, close every socket with 1001, let calls in flight finish."""
@@ -93,9 +90,33 @@ class Server:
             listener.close()
 
 
+def bind(settings: Settings) -> list[socket.socket]:
+    try:
+        return tornado.netutil.bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}; choose another --port / LAF_PORT or --host / LAF_HOST"
+        ) from None
+
+
 def serve(settings: Settings) -> None:
     """Run a server until SIGTERM or SIGINT (the CLI's ``serve``)."""
-    if not asyncio.run(_serve(settings)):
+    if settings.workers > 1:
+        from .workers import serve_workers
+
+        serve_workers(settings)
+        return
+    serve_one(settings)
+
+
+def serve_one(
+    settings: Settings,
+    listeners: list[socket.socket] | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run one server in this process until SIGTERM or SIGINT."""
+    if not asyncio.run(_serve(settings, listeners, ready)):
         # A plain-def function is still running past the grace period. Python would wait for
         # its thread at exit, however long it takes; shutdown must not.
         log.warning("exiting with plain-def function calls still running in threads")
@@ -103,14 +124,20 @@ def serve(settings: Settings) -> None:
         os._exit(0)
 
 
-async def _serve(settings: Settings) -> bool:
+async def _serve(
+    settings: Settings,
+    listeners: list[socket.socket] | None,
+    ready: Callable[[], None] | None,
+) -> bool:
     # Handlers first: a signal that arrives while starting still means a clean shutdown.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     server = Server(settings)
-    await server.start()
+    await server.start(listeners)
+    if ready is not None:
+        ready()
     await stop.wait()
     log.info("shutting down (grace %gs)", settings.shutdown_grace)
     await server.stop()
