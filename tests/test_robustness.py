@@ -157,3 +157,17 @@ async def test_shutdown_past_grace_still_runs_close_events(serve, functions_dir:
     # Leaving `serve` waited 0.3 s for the handshake, then dropped the connection.
     assert cloud.shared["closed"] == {"code": None, "reason": ""}
     writer.close()
+
+
+async def test_access_log_hides_tokens_in_the_url(
+    serve, functions_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_function(functions_dir, "__websocket__", "async def main(ctx):\n    pass\n")
+    async with serve(functions_dir) as server:
+        token = cloud.get_token({"uid": "alice"})
+        with caplog.at_level("INFO", logger="tornado.access"):
+            async with websockets.connect(f"{server.ws_url}?a=1&token={token}"):
+                pass
+            await wait_until(lambda: "__websocket__" in caplog.text)
+    assert token not in caplog.text
+    assert "token=***" in caplog.text

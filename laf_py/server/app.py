@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from importlib import resources
 
 import tornado.web
+from tornado.log import access_log
 
 from ..runtime import Runtime
 from .activity import Activity
@@ -25,6 +28,26 @@ class IndexHandler(BaseHandler):
         self.finish(self.page)
 
 
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&]*")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, without the tokens that WebSocket clients put in the URL."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    uri = _TOKEN_IN_QUERY.sub(r"\1***", request.uri or "")
+    access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        uri,
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
+
+
 def make_app(runtime: Runtime, activity: Activity) -> tornado.web.Application:
     deps = {"runtime": runtime, "activity": activity}
     return tornado.web.Application(
@@ -36,4 +59,5 @@ def make_app(runtime: Runtime, activity: Activity) -> tornado.web.Application:
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
+        log_function=log_request,
     )
