@@ -32,7 +32,8 @@ Frames, exactly (``<id>`` is the userID):
 A client that connects with a token (``?token=`` from ``POST /fn/login``) gets its token's
 user id as userID instead of a random one. Every connection also stores its id in
 ``cloud.kv`` under ``DEMO_SOCKET_CONNECTION_ID`` (the newest wins), for the Less flow of
-``POST /fn/hello``.
+``POST /fn/hello``, and its id under ``ws/<userID>`` so that ``/fn/push`` finds the user
+from any worker or machine.
 
 Try it (``npm i -g wscat``), with the server on port 8000, in two terminals::
 
@@ -97,6 +98,8 @@ async def main(ctx: FunctionContext) -> None:
         # Less's flow: keep the newest connection id in the key-value store, where an HTTP
         # function (POST /fn/hello) finds it, even from another worker or after a restart.
         await cloud.kv.set(LESS_KEY, socket.id)
+        # cloud.shared is per process; other workers and machines find the socket by id.
+        await cloud.kv.set(f"ws/{user_id}", socket.id)
         socket.send(CONNECTED + user_id)
 
     elif ctx.method == "WebSocket:message":
@@ -121,5 +124,6 @@ async def main(ctx: FunctionContext) -> None:
         users = ws_map()
         if user_id is not None and users.get(user_id) is socket:
             del users[user_id]
-        if await cloud.kv.get(LESS_KEY) == socket.id:
-            await cloud.kv.delete(LESS_KEY)
+        for key in (LESS_KEY, f"ws/{user_id}"):
+            if await cloud.kv.get(key) == socket.id:
+                await cloud.kv.delete(key)

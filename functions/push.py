@@ -1,7 +1,11 @@
 """Push a message to one WebSocket user by userID (Laf's "push" demo).
 
 ``__websocket__.py`` keeps ``userID -> socket`` in ``cloud.shared["wsMap"]``;
-this function looks the user up there and sends to that socket.
+this function looks the user up there and sends to that socket. ``cloud.shared``
+belongs to one process, so with several workers or machines the user may be
+connected elsewhere: then the socket id that ``__websocket__`` also keeps in
+``cloud.kv`` (under ``ws/<userID>``) finds it, and ``cloud.sockets.publish``
+delivers through Redis.
 
 * ``POST /fn/push`` with JSON ``{"userID": "<id>", "message": <any JSON>}``
   (or a form), or ``GET /fn/push?userID=<id>&message=<text>``. Body fields
@@ -36,10 +40,13 @@ async def main(ctx: FunctionContext) -> dict[str, int]:
     if not isinstance(user_id, str) or not user_id or message is None:
         raise HTTPError(400, "userID and message are required")
 
-    socket = (cloud.shared.get("wsMap") or {}).get(user_id)
-    if socket is None:
-        raise HTTPError(404, f"user {user_id} is not connected")
-
     if not isinstance(message, str | dict | list):
         message = json.dumps(message)
-    return {"delivered": int(await socket.send(message))}
+
+    socket = (cloud.shared.get("wsMap") or {}).get(user_id)
+    if socket is not None:  # Laf's way: the Socket object, kept in this process
+        return {"delivered": int(await socket.send(message))}
+    socket_id = await cloud.kv.get(f"ws/{user_id}")  # on another worker or machine?
+    if socket_id is None:
+        raise HTTPError(404, f"user {user_id} is not connected")
+    return {"delivered": await cloud.sockets.publish(message, [socket_id])}
