@@ -106,6 +106,20 @@ def start_cli(
     )
 
 
+def run_to_exit(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 20
+) -> tuple[int, str]:
+    """Run ``python -m laf_py ...`` until it exits; return (exit code, all output)."""
+    process = start_cli(*args, env=env, cwd=cwd)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, output
+
+
 @pytest.fixture
 def cli_server() -> Iterator[Callable[..., CliServer]]:
     """Start ``python -m laf_py serve --port 0 ...`` and wait for its "listening on" line."""

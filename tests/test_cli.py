@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import start_cli, write_function
+from .conftest import run_to_exit, start_cli, write_function
 
 HELLO = """
 def main(ctx):
@@ -50,18 +50,6 @@ def wait_listening(process: subprocess.Popen[str], timeout: float = 20) -> str:
     process.kill()
     process.wait()
     raise AssertionError("server did not start:\n" + "".join(lines))
-
-
-def run_to_exit(*args: str, env: dict[str, str] | None = None, cwd: Path) -> tuple[int, str]:
-    """Run ``python -m laf_py ...`` until it exits; return (exit code, all output)."""
-    process = start_cli(*args, env=env, cwd=cwd)
-    try:
-        output, _ = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, output
 
 
 # -- starting --------------------------------------------------------------------------------

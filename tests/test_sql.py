@@ -19,7 +19,7 @@ from laf_py.config import Settings
 from laf_py.exceptions import ConfigError
 from laf_py.runtime import StartupError
 
-from .conftest import start_cli, write_function
+from .conftest import run_to_exit, start_cli, write_function
 
 SECRET = "s" * 40  # a fixed secret keeps the token-secret warning out of the CLI output
 
@@ -261,14 +261,7 @@ async def test_concurrent_migrations_of_a_fresh_database(database_url: str) -> N
 
 def run_cli(*args: str, cwd: Path) -> tuple[int, str]:
     """``python -m laf_py serve --port 0 ...`` until it exits: (exit code, all output)."""
-    process = start_cli("serve", "--port", "0", *args, env={"LAF_SECRET": SECRET}, cwd=cwd)
-    try:
-        output, _ = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, output
+    return run_to_exit("serve", "--port", "0", *args, env={"LAF_SECRET": SECRET}, cwd=cwd)
 
 
 def error_lines(output: str) -> list[str]:

@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 
 from laf_py import cloud
 
-from .conftest import start_cli, wait_until, write_function
+from .conftest import run_to_exit, wait_until, write_function
 
 SECRET = "x" * 40
 OTHER_SECRET = "y" * 40
@@ -387,14 +387,8 @@ def test_short_secret_exits_2_in_one_line(functions_dir: Path, tmp_path: Path, w
         args += ["--secret", short]
     else:
         env["LAF_SECRET"] = short
-    process = start_cli(*args, env=env, cwd=tmp_path)
-    try:
-        output, _ = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 2, output
+    code, output = run_to_exit(*args, env=env, cwd=tmp_path)
+    assert code == 2, output
     lines = output.strip().splitlines()
     assert len(lines) == 1, output
     assert "--secret" in lines[0]
