@@ -61,7 +61,9 @@ def _fork(number: int, settings: Settings, listeners: list[socket.socket], ready
     pid = os.fork()
     if pid:
         return pid
-    # The worker: its own event loop, runtime and node id.
+    # The worker: its own event loop, runtime and node id, and none of the parent's handlers.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     code = 0
     try:
         serve_one(settings, listeners, ready=lambda: _say_ready(ready))
