@@ -36,9 +36,10 @@ class PresenceEvents:
         """A user's first connection here opened, or their last one here closed."""
         self._queue(self._changed_here(user_id, online))
 
-    def gone_elsewhere(self, user_id: str) -> None:
-        """Another node died holding the user's last connections (the bus reaped it)."""
-        self._queue(self._run(user_id, False))
+    def decided_by_cluster(self, user_id: str, online: bool) -> None:
+        """The bus saw a change this node did not make: a dead node reaped with the user's
+        last connections, or this node's users claimed again after it was taken for dead."""
+        self._queue(self._run(user_id, online))
 
     def _queue(self, event: Coroutine[Any, Any, None]) -> None:
         if self.bus is None and self._registry.get(PRESENCE) is None:

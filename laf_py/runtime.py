@@ -161,7 +161,7 @@ async def _join_cluster(
         node_id=sockets.node_id,
         prefix=settings.cluster,
         heartbeat=settings.heartbeat,
-        on_offline=presence.gone_elsewhere,
+        on_presence=presence.decided_by_cluster,
         track=lambda work: bridge.track(asyncio.ensure_future(work)),
     )
     try:

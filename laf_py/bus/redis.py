@@ -37,7 +37,8 @@ _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6 "
 
-_BEAT = _NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1]) return 1"
+# Returns 1 when the node was not listed: new, or reaped while it was paused or cut off.
+_BEAT = _NOW + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
 
 _JOIN = """
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -138,7 +139,7 @@ class RedisBus:
         node_id: str,
         prefix: str,
         heartbeat: float,
-        on_offline: Callable[[str], None],
+        on_presence: Callable[[str, bool], None],
         track: Callable[[Awaitable[Any]], object],
     ) -> None:
         self.node_id = node_id
@@ -146,7 +147,7 @@ class RedisBus:
         self._prefix = prefix
         self._heartbeat = heartbeat
         self._lifetime = 3 * heartbeat
-        self._on_offline = on_offline
+        self._on_presence = on_presence  # (user, online) decided by the cluster, not by us
         self._track = track  # keeps publishing tasks alive and lets shutdown wait for them
         self._local: LocalSockets | None = None
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
@@ -165,7 +166,7 @@ class RedisBus:
         """Reach Redis (or raise), subscribe, beat. Returns once this node can be reached."""
         self._local = local
         await self._redis.ping()
-        await self._beat()
+        await self._beat(first=True)
         self._tasks = [
             asyncio.create_task(self._listen(), name="laf-py redis listener"),
             asyncio.create_task(self._beat_forever(), name="laf-py redis heartbeat"),
@@ -303,24 +304,32 @@ class RedisBus:
             await asyncio.sleep(self._heartbeat)
             await self._beat()
 
-    async def _beat(self) -> None:
+    async def _beat(self, first: bool = False) -> None:
         """Say this node is alive, and reap nodes that stopped saying so."""
         try:
-            await self._redis.eval(_BEAT, 1, self._nodes, self.node_id)
+            unknown = await self._redis.eval(_BEAT, 1, self._nodes, self.node_id)
             offline = await self._redis.eval(_REAP, 1, self._nodes, self._prefix, self._lifetime)
         except _FAILURES as exc:
             self._lose(exc)
             return
         for user in offline:
-            self._on_offline(user.decode() if isinstance(user, bytes) else str(user))
+            self._on_presence(user.decode() if isinstance(user, bytes) else str(user), False)
+        if unknown and not first:
+            # Others took this node for dead (it was paused, or Redis lost its data) and
+            # announced its users offline: claim them again.
+            log.warning("this node was missing from the cluster; claiming its users again")
+            await self._claim_users()
 
     async def _rejoin(self) -> None:
-        """After an outage (we may have been reaped): beat and claim our users again."""
+        """After an outage: beat (which claims our users again if we were forgotten)."""
         log.warning("reconnected to Redis at %s", self.safe_url())
         self._lost = False
         await self._beat()
+
+    async def _claim_users(self) -> None:
         for user in self._local.local_users() if self._local else []:
-            await self.user_joined(user)
+            if await self.user_joined(user):
+                self._on_presence(user, True)
 
     def _receive(self, data: bytes) -> None:
         try:
