@@ -7,12 +7,15 @@ and everything else awaits a future or a response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -78,19 +81,31 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 class CliServer:
-    """``laf-py serve`` in a child process, for start-up, signal and shutdown tests."""
+    """``laf-py serve`` in a child process, for start-up, signal and shutdown tests.
 
-    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+    A thread keeps reading its output into ``output``: a full pipe would freeze the server.
+    """
+
+    def __init__(self, process: subprocess.Popen[str], url: str, output: list[str]) -> None:
         self.process = process
         self.url = url
         self.ws_url = url.replace("http", "ws", 1) + "/__websocket__"
-        self.output: list[str] = []
+        self.output = output
+        assert process.stdout is not None
+        stream = process.stdout
+        self._reader = threading.Thread(target=lambda: output.extend(stream), daemon=True)
+        self._reader.start()
+
+    @property
+    def log(self) -> str:
+        """Everything it has printed so far."""
+        return "".join(self.output)
 
     def read_rest(self, timeout: float = 15) -> str:
         """Wait for the process to exit and return everything it logged."""
-        out, _ = self.process.communicate(timeout=timeout)
-        self.output.append(out)
-        return "".join(self.output)
+        self.process.wait(timeout)
+        self._reader.join(timeout)
+        return self.log
 
 
 def start_cli(
@@ -103,6 +118,7 @@ def start_cli(
         text=True,
         env={**os.environ, **(env or {})},
         cwd=cwd,
+        start_new_session=True,  # its own process group: cleanup reaches forked workers too
     )
 
 
@@ -137,8 +153,7 @@ def cli_server() -> Iterator[Callable[..., CliServer]]:
             lines.append(line)
             match = re.search(r"listening on (http://\S+)", line)
             if match:
-                server = CliServer(process, match.group(1))
-                server.output = lines
+                server = CliServer(process, match.group(1), lines)
                 started.append(server)
                 return server
         process.kill()
@@ -146,9 +161,9 @@ def cli_server() -> Iterator[Callable[..., CliServer]]:
 
     yield start
     for server in started:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
 
 
 # -- databases ---------------------------------------------------------------------------------

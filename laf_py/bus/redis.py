@@ -318,16 +318,29 @@ class RedisBus:
             # Others took this node for dead (it was paused, or Redis lost its data) and
             # announced its users offline: claim them again.
             log.warning("this node was missing from the cluster; claiming its users again")
-            await self._claim_users()
+            await self._reconcile()
 
     async def _rejoin(self) -> None:
-        """After an outage: beat (which claims our users again if we were forgotten)."""
+        """After an outage: fresh connections, then make Redis agree with this node."""
+        await self._redis.connection_pool.disconnect(inuse_connections=False)  # all stale
         log.warning("reconnected to Redis at %s", self.safe_url())
         self._lost = False
-        await self._beat()
+        await self._beat(first=True)
+        await self._reconcile()
 
-    async def _claim_users(self) -> None:
-        for user in self._local.local_users() if self._local else []:
+    async def _reconcile(self) -> None:
+        """Users who came or went here while Redis could not be told, told now."""
+        try:
+            listed = await self._redis.smembers(f"{self._prefix}:nusers:{self.node_id}")
+        except _FAILURES as exc:
+            self._lose(exc)
+            return
+        claimed = {u.decode() if isinstance(u, bytes) else str(u) for u in listed}
+        here = set(self._local.local_users() if self._local else [])
+        for user in sorted(claimed - here):
+            if await self.user_left(user):
+                self._on_presence(user, False)
+        for user in sorted(here - claimed):
             if await self.user_joined(user):
                 self._on_presence(user, True)
 
