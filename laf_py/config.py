@@ -17,6 +17,7 @@ from .exceptions import ConfigError
 __all__ = ["OPTIONS", "Option", "Settings"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MIB = 1024 * 1024
 MIN_SECRET_LENGTH = 32  # HS256 wants a key of at least 256 bits (RFC 7518, 3.2)
 
 
@@ -38,6 +39,14 @@ class Settings:
     workers: int = 1
     cluster: str = "laf"
     heartbeat: float = 2.0
+    max_body_size: int = 10 * MIB
+    max_message_size: int = 1 * MIB
+    max_send_buffer: int = 1 * MIB
+    max_connections: int = 10_000
+    max_messages_per_second: float = 100.0
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def data_dir(self) -> Path:
@@ -80,6 +89,11 @@ class Settings:
             raise ConfigError(
                 f"--workers {self.workers} needs Redis to join the workers: "
                 "set --redis-url / LAF_REDIS_URL (or use one worker)"
+            )
+        if self.ping_timeout > self.ping_interval:
+            raise ConfigError(
+                f"--ping-timeout ({self.ping_timeout:g}) cannot be longer than --ping-interval "
+                f"({self.ping_interval:g}); set LAF_PING_TIMEOUT or LAF_PING_INTERVAL"
             )
         if self.secret is not None and len(self.secret) < MIN_SECRET_LENGTH:
             raise ConfigError(
@@ -194,6 +208,40 @@ def _cluster(raw: str) -> str:
     return raw
 
 
+def _size(raw: str) -> int:
+    """``1048576``, ``512k``, ``10m`` or ``1g`` (bytes, powers of 1024)."""
+    text = raw.strip().lower().removesuffix("b").removesuffix("i")
+    scale = {"k": 1024, "m": MIB, "g": 1024 * MIB}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    size = int(float(number) * scale)
+    if size <= 0:
+        raise ValueError(raw)
+    return size
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _rate(raw: str) -> float:
+    """Messages per second; 0 turns the limit off."""
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and "://" not in origin:
+            raise ValueError(raw)
+    return origins
+
+
 def _log_level(raw: str) -> str:
     if raw.lower() not in LOG_LEVELS:
         raise ValueError(raw)
@@ -305,6 +353,70 @@ OPTIONS: tuple[Option, ...] = (
         _positive,
         "seconds > 0",
         "how often a node tells Redis it is alive; silent for 3 beats = dead (default 2)",
+    ),
+    Option(
+        "max_body_size",
+        "--max-body-size",
+        "LAF_MAX_BODY_SIZE",
+        _size,
+        "a size like 10m, 512k or 1048576",
+        "largest HTTP request body; larger ones get 413 (default 10m)",
+    ),
+    Option(
+        "max_message_size",
+        "--max-message-size",
+        "LAF_MAX_MESSAGE_SIZE",
+        _size,
+        "a size like 1m, 64k or 65536",
+        "largest WebSocket message; larger ones close the connection with 1009 (default 1m)",
+    ),
+    Option(
+        "max_send_buffer",
+        "--max-send-buffer",
+        "LAF_MAX_SEND_BUFFER",
+        _size,
+        "a size like 1m or 256k",
+        "unsent data one socket may hold before it is closed as a slow consumer (default 1m)",
+    ),
+    Option(
+        "max_connections",
+        "--max-connections",
+        "LAF_MAX_CONNECTIONS",
+        _count,
+        "a whole number > 0",
+        "WebSocket connections one process accepts; more get 503 (default 10000)",
+    ),
+    Option(
+        "max_messages_per_second",
+        "--max-messages-per-second",
+        "LAF_MAX_MESSAGES_PER_SECOND",
+        _rate,
+        "a number >= 0 (0: no limit)",
+        "inbound messages per second per connection, bursts of twice that (default 100)",
+    ),
+    Option(
+        "ping_interval",
+        "--ping-interval",
+        "LAF_PING_INTERVAL",
+        _positive,
+        "seconds > 0",
+        "how often the server pings each WebSocket client (default 25)",
+    ),
+    Option(
+        "ping_timeout",
+        "--ping-timeout",
+        "LAF_PING_TIMEOUT",
+        _positive,
+        "seconds > 0",
+        "a client that does not answer a ping within this is closed (default 20)",
+    ),
+    Option(
+        "allowed_origins",
+        "--allowed-origins",
+        "LAF_ALLOWED_ORIGINS",
+        _origins,
+        "comma-separated origins like https://app.example.com, https://*.example.com or *",
+        "browser origins allowed to open WebSockets (default: the server's own origin)",
     ),
     Option(
         "log_level",

@@ -50,6 +50,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(runtime: Runtime, activity: Activity) -> tornado.web.Application:
     deps = {"runtime": runtime, "activity": activity}
+    settings = runtime.settings
     return tornado.web.Application(
         [
             (rf"{PREFIX}(.*)", FunctionHandler, deps),
@@ -60,4 +61,7 @@ def make_app(runtime: Runtime, activity: Activity) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
         log_function=log_request,
+        websocket_max_message_size=settings.max_message_size,  # larger: close 1009
+        websocket_ping_interval=settings.ping_interval,
+        websocket_ping_timeout=settings.ping_timeout,
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+import tornado.httputil
+import tornado.web
+
 from ..cloud.tokens import bearer_token
 from ..core import body as bodies
 from ..core.context import FunctionContext
@@ -18,10 +21,38 @@ __all__ = ["PREFIX", "FunctionHandler", "HealthHandler", "name_from_path"]
 PREFIX = "/fn/"
 
 
+@tornado.web.stream_request_body
 class FunctionHandler(BaseHandler):
+    """Bodies are streamed in so that one over ``--max-body-size`` is refused with 413 as soon
+    as it is known to be too large, without being held in memory."""
+
     SUPPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._received = 0
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.runtime.settings.max_body_size:
+            self._refuse_body()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return  # refused: the rest of the body is read and dropped
+        self._received += len(chunk)
+        if self._received > self.runtime.settings.max_body_size:
+            self._chunks.clear()
+            self._refuse_body()
+        else:
+            self._chunks.append(chunk)
+
+    def _refuse_body(self) -> None:
+        limit = self.runtime.settings.max_body_size
+        self.send_error_json(413, f"Body larger than {limit} bytes", Connection="close")
+
     async def get(self, _decoded_name: str) -> None:
+        if self._finished:
+            return
+        self.request.body = b"".join(self._chunks)
         self.activity.begin_request()
         try:
             await self._call(name_from_path(self.request.path))
@@ -89,7 +120,18 @@ class FunctionHandler(BaseHandler):
 
     def _multipart_form(self) -> dict[str, Any]:
         """Fields as str; files as {"filename", "content_type", "body"}. Last value wins."""
-        if not self.request.body_arguments and not self.request.files:
+        request = self.request
+        try:
+            tornado.httputil.parse_body_arguments(  # streamed bodies are not parsed by Tornado
+                request.headers.get("Content-Type", ""),
+                request.body,
+                request.body_arguments,
+                request.files,
+                request.headers,
+            )
+        except tornado.httputil.HTTPInputError:
+            raise HTTPError(400, "Malformed multipart/form-data body") from None
+        if not request.body_arguments and not request.files:
             # Tornado only logs a warning for a body it cannot parse.
             raise HTTPError(400, "Malformed multipart/form-data body")
         form: dict[str, Any] = {

@@ -56,7 +56,11 @@ class Server:
             await self.runtime.stop()
             raise
         self._http = tornado.httpserver.HTTPServer(
-            make_app(self.runtime, self.activity), xheaders=True
+            make_app(self.runtime, self.activity),
+            xheaders=True,
+            # Above this Tornado drops the connection; between the configured limit and this,
+            # the handler answers 413 and the rest of the body is read and thrown away.
+            max_body_size=2 * self.settings.max_body_size + 65536,
         )
         self._http.add_sockets(self._listeners)
         if listeners is None:

@@ -7,19 +7,21 @@ never overlap; ``close`` waits for the event in flight and runs exactly once.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 from collections.abc import Awaitable
 from typing import Any
 
 import tornado.websocket
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, StreamBufferFullError
 
 from ..cloud.sockets import Socket
 from ..cloud.tokens import bearer_token, user_id_of
 from ..core import body as bodies
 from ..core import frames
-from ..core.context import WS_CLOSE, WS_CONNECTION, WS_MESSAGE, FunctionContext
+from ..core.context import WS_CLOSE, WS_CONNECTION, WS_MESSAGE, FunctionContext, new_request_id
 from ..core.failures import report_failure
+from ..core.flood import FloodGuard
 from ..core.registry import WEBSOCKET, Function
 from ..core.response import error_body
 from ..exceptions import HTTPError
@@ -32,6 +34,8 @@ __all__ = ["FunctionSocketHandler"]
 log = logging.getLogger("laf_py")
 
 GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+SLOW_CONSUMER = 1008
 INTERNAL_ERROR = 1011
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 
@@ -47,12 +51,15 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         self._user: dict[str, Any] | None = None
         self._rejected = False
         self._stream: IOStream | None = None
+        self._server_close: tuple[int, str] | None = None  # why the server closed it
 
     # -- before the upgrade: plain HTTP errors ---------------------------------------------
 
     def prepare(self) -> None:
         if self.activity.draining:
             return self.send_error_json(503, "Server is shutting down")
+        if self.activity.connections >= self.runtime.settings.max_connections:
+            return self.send_error_json(503, "Too many connections; try again later")
         function = self.runtime.websocket
         if function is None:
             return self.send_error_json(404, "No functions/__websocket__.py on this server")
@@ -68,6 +75,9 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     async def open(self, *args: str, **kwargs: str) -> None:
         assert self.ws_connection is not None
         self._stream = self.ws_connection.stream
+        assert self._stream is not None
+        self._stream.max_write_buffer_size = self.runtime.settings.max_send_buffer
+        self._flood = FloodGuard(self.runtime.settings.max_messages_per_second)
         self.activity.begin_connection(self.abort)
         self._query = bodies.parse_query(self.request.query)
         self.socket = socket = self.runtime.sockets.open(self, user_id_of(self._user))
@@ -92,6 +102,8 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self._rejected or self.socket is None:
             return
+        if not self._flood.allows():
+            return self._refuse_flood()
         params = {"data": message, "is_binary": isinstance(message, bytes)}
         ctx = self._context(WS_MESSAGE, params)
         try:
@@ -107,7 +119,11 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if socket is None:  # the upgrade never completed
             return
         self.runtime.sockets.discard(socket)
-        task = asyncio.ensure_future(self._close_event(self.close_code, self.close_reason or ""))
+        # The client's close code, or ours when it sent none (we closed it, or it vanished).
+        code, reason = self.close_code, self.close_reason or ""
+        if code is None and self._server_close is not None:
+            code, reason = self._server_close
+        task = asyncio.ensure_future(self._close_event(code, reason))
         task.add_done_callback(lambda _: self.activity.end_connection(self.abort))
 
     async def _close_event(self, code: int | None, reason: str) -> None:
@@ -128,7 +144,28 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             return None
         stream = connection.stream
         assert stream is not None  # set once the handshake is done
-        return stream.write(frame)
+        try:
+            return stream.write(frame)
+        except StreamBufferFullError:
+            self._close_slow_consumer(stream)
+            return None
+
+    def _close_slow_consumer(self, stream: IOStream) -> None:
+        """The client stopped reading: its unsent data hit --max-send-buffer. Close it, so
+        one client can never make the server's memory grow without bound."""
+        log.warning("closing socket %s: slow consumer", self.socket.id if self.socket else "?")
+        self._server_close = (SLOW_CONSUMER, "slow consumer")
+        stream.max_write_buffer_size = None  # room for the close frame, then no more
+        self.close(SLOW_CONSUMER, "slow consumer")
+
+    def _refuse_flood(self) -> None:
+        if self._flood.persists():
+            self._server_close = (POLICY_VIOLATION, "too many messages")
+            self.close(POLICY_VIOLATION, "too many messages")
+        else:
+            limit = self.runtime.settings.max_messages_per_second
+            message = f"Too many messages: at most {limit:g} per second"
+            self._send_error_frame(message, new_request_id())
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         if reason:
@@ -169,6 +206,14 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     def _send_error_frame(self, message: str, request_id: str) -> None:
         if self.runtime.settings.websocket_error_frames:
             self.write_frame(frames.frame(frames.TEXT, error_body(message, request_id)))
+
+    def check_origin(self, origin: str) -> bool:
+        """Tornado asks this only for cross-origin handshakes: same-origin ones always pass."""
+        origin = origin.rstrip("/").lower()
+        return any(
+            pattern == "*" or fnmatch.fnmatchcase(origin, pattern.lower())
+            for pattern in self.runtime.settings.allowed_origins
+        )
 
     def get_compression_options(self) -> dict[str, Any] | None:
         # Frames are encoded by laf-py itself (once per broadcast), so no permessage-deflate.
