@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import wire
+from . import scripts, wire
 
 __all__ = ["LocalSockets", "RedisBus"]
 
@@ -34,70 +34,6 @@ log = logging.getLogger("laf_py")
 
 REPLY_TIMEOUT = 2.0  # how long a delivery waits for other nodes' counts
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
-
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6 "
-
-# Returns 1 when the node was not listed: new, or reaped while it was paused or cut off.
-_BEAT = _NOW + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
-
-_JOIN = """
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-return redis.call('SCARD', KEYS[1])
-"""
-
-_LEAVE = """
-redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[2], ARGV[2])
-return redis.call('SCARD', KEYS[1])
-"""
-
-# KEYS[1] = nodes zset; ARGV[1] = prefix, ARGV[2] = seconds after which a node is dead
-_REAP = (
-    _NOW
-    + """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
-local offline = {}
-for _, node in ipairs(dead) do
-  local users = redis.call('SMEMBERS', ARGV[1] .. ':nusers:' .. node)
-  for _, user in ipairs(users) do
-    local key = ARGV[1] .. ':unodes:' .. user
-    redis.call('SREM', key, node)
-    if redis.call('SCARD', key) == 0 then table.insert(offline, user) end
-  end
-  redis.call('DEL', ARGV[1] .. ':nusers:' .. node)
-  redis.call('ZREM', KEYS[1], node)
-end
-return offline
-"""
-)
-
-# KEYS[1] = nodes zset, KEYS[2] = the user's node set; ARGV[1] = seconds of life
-_IS_ONLINE = (
-    _NOW
-    + """
-for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local beat = redis.call('ZSCORE', KEYS[1], node)
-  if beat and tonumber(beat) > now - tonumber(ARGV[1]) then return 1 end
-end
-return 0
-"""
-)
-
-# KEYS[1] = nodes zset; ARGV[1] = prefix, ARGV[2] = seconds of life
-_ONLINE_USERS = (
-    _NOW
-    + """
-local seen, users = {}, {}
-local alive = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - tonumber(ARGV[2])), '+inf')
-for _, node in ipairs(alive) do
-  for _, user in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':nusers:' .. node)) do
-    if not seen[user] then seen[user] = true table.insert(users, user) end
-  end
-end
-return users
-"""
-)
 
 
 class LocalSockets(Protocol):
@@ -241,7 +177,7 @@ class RedisBus:
         """Record that this node holds ``user_id``; True if no node held them before."""
         keys = [f"{self._prefix}:unodes:{user_id}", f"{self._prefix}:nusers:{self.node_id}"]
         try:
-            count = await self._redis.eval(_JOIN, 2, *keys, self.node_id, user_id)
+            count = await self._redis.eval(scripts.JOIN, 2, *keys, self.node_id, user_id)
         except _FAILURES as exc:
             self._lose(exc)
             return True  # cannot tell: report what this node saw
@@ -251,7 +187,7 @@ class RedisBus:
         """Record that this node no longer holds ``user_id``; True if no node holds them now."""
         keys = [f"{self._prefix}:unodes:{user_id}", f"{self._prefix}:nusers:{self.node_id}"]
         try:
-            count = await self._redis.eval(_LEAVE, 2, *keys, self.node_id, user_id)
+            count = await self._redis.eval(scripts.LEAVE, 2, *keys, self.node_id, user_id)
         except _FAILURES as exc:
             self._lose(exc)
             return True
@@ -260,7 +196,7 @@ class RedisBus:
     async def is_online(self, user_id: str) -> bool:
         keys = [self._nodes, f"{self._prefix}:unodes:{user_id}"]
         try:
-            return bool(await self._redis.eval(_IS_ONLINE, 2, *keys, self._lifetime))
+            return bool(await self._redis.eval(scripts.IS_ONLINE, 2, *keys, self._lifetime))
         except _FAILURES as exc:
             self._lose(exc)
             return False
@@ -268,7 +204,7 @@ class RedisBus:
     async def online_users(self) -> list[str]:
         try:
             users = await self._redis.eval(
-                _ONLINE_USERS, 1, self._nodes, self._prefix, self._lifetime
+                scripts.ONLINE_USERS, 1, self._nodes, self._prefix, self._lifetime
             )
         except _FAILURES as exc:
             self._lose(exc)
@@ -307,8 +243,10 @@ class RedisBus:
     async def _beat(self, first: bool = False) -> None:
         """Say this node is alive, and reap nodes that stopped saying so."""
         try:
-            unknown = await self._redis.eval(_BEAT, 1, self._nodes, self.node_id)
-            offline = await self._redis.eval(_REAP, 1, self._nodes, self._prefix, self._lifetime)
+            unknown = await self._redis.eval(scripts.BEAT, 1, self._nodes, self.node_id)
+            offline = await self._redis.eval(
+                scripts.REAP, 1, self._nodes, self._prefix, self._lifetime
+            )
         except _FAILURES as exc:
             self._lose(exc)
             return

@@ -1,0 +1,72 @@
+"""The Lua scripts behind cluster presence, each one atomic in Redis.
+
+Keys, under the cluster prefix: ``nodes`` (a sorted set: node -> time of its last beat, by
+Redis's clock), ``unodes:<user>`` (the nodes holding the user) and ``nusers:<node>`` (the
+users a node holds).
+"""
+
+__all__ = ["BEAT", "IS_ONLINE", "JOIN", "LEAVE", "ONLINE_USERS", "REAP"]
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6 "
+
+# Returns 1 when the node was not listed: new, or reaped while it was paused or cut off.
+BEAT = _NOW + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
+
+JOIN = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return redis.call('SCARD', KEYS[1])
+"""
+
+LEAVE = """
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return redis.call('SCARD', KEYS[1])
+"""
+
+# KEYS[1] = nodes zset; ARGV[1] = prefix, ARGV[2] = seconds after which a node is dead
+REAP = (
+    _NOW
+    + """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
+local offline = {}
+for _, node in ipairs(dead) do
+  local users = redis.call('SMEMBERS', ARGV[1] .. ':nusers:' .. node)
+  for _, user in ipairs(users) do
+    local key = ARGV[1] .. ':unodes:' .. user
+    redis.call('SREM', key, node)
+    if redis.call('SCARD', key) == 0 then table.insert(offline, user) end
+  end
+  redis.call('DEL', ARGV[1] .. ':nusers:' .. node)
+  redis.call('ZREM', KEYS[1], node)
+end
+return offline
+"""
+)
+
+# KEYS[1] = nodes zset, KEYS[2] = the user's node set; ARGV[1] = seconds of life
+IS_ONLINE = (
+    _NOW
+    + """
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local beat = redis.call('ZSCORE', KEYS[1], node)
+  if beat and tonumber(beat) > now - tonumber(ARGV[1]) then return 1 end
+end
+return 0
+"""
+)
+
+# KEYS[1] = nodes zset; ARGV[1] = prefix, ARGV[2] = seconds of life
+ONLINE_USERS = (
+    _NOW
+    + """
+local seen, users = {}, {}
+local alive = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - tonumber(ARGV[2])), '+inf')
+for _, node in ipairs(alive) do
+  for _, user in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':nusers:' .. node)) do
+    if not seen[user] then seen[user] = true table.insert(users, user) end
+  end
+end
+return users
+"""
+)
