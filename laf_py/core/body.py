@@ -52,11 +52,11 @@ def parse_body(content_type: str, raw: bytes) -> Any:
 def _decode(raw: bytes, charset: str) -> str:
     try:
         codecs.lookup(charset)
-    except LookupError:
+    except (LookupError, ValueError):  # unknown, or not even a name (a NUL inside)
         raise HTTPError(400, f"Unsupported charset {charset!r}") from None
     try:
         return raw.decode(charset)
-    except UnicodeDecodeError:
+    except UnicodeError:  # UnicodeDecodeError, and the bare UnicodeError of idna or punycode
         raise HTTPError(400, f"Body is not valid {charset}") from None
     except LookupError:  # a codec that exists but is not a text encoding, like base64
         raise HTTPError(400, f"Unsupported charset {charset!r}") from None

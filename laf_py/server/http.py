@@ -49,7 +49,12 @@ class FunctionHandler(BaseHandler):
         limit = self.runtime.settings.max_body_size
         self.send_error_json(413, f"Body larger than {limit} bytes", Connection="close")
 
-    async def get(self, _decoded_name: str) -> None:
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # The name is taken from the raw path (name_from_path); Tornado's strict decoding of
+        # the route's group would answer 400 for escapes that are not UTF-8, not 404.
+        return value.decode("latin-1")
+
+    async def get(self, _raw_name: str) -> None:
         if self._finished:
             return
         self.request.body = b"".join(self._chunks)
