@@ -3,6 +3,7 @@ the words of the error a bad value gets."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ class Option:
             raw = str(raw)
         try:
             return self.parse(raw)
-        except ValueError:
+        except (ValueError, OverflowError):
             shown = _shown(self.field, raw)
             raise ConfigError(
                 f"{source}={shown} is not valid: expected {self.expects} "
@@ -127,10 +128,10 @@ def _size(raw: str) -> int:
     text = raw.strip().lower().removesuffix("b").removesuffix("i")
     scale = {"k": 1024, "m": MIB, "g": 1024 * MIB}.get(text[-1:], 1)
     number = text[:-1] if scale > 1 else text
-    size = int(float(number) * scale)
-    if size <= 0:
+    value = float(number) * scale
+    if not math.isfinite(value) or value < 1:
         raise ValueError(raw)
-    return size
+    return int(value)
 
 
 def _count(raw: str) -> int:

@@ -16,7 +16,7 @@ from ..core.response import render
 from ..exceptions import HTTPError
 from .base import INVALID_TOKEN, BaseHandler
 
-__all__ = ["PREFIX", "FunctionHandler", "HealthHandler", "name_from_path"]
+__all__ = ["PREFIX", "FunctionHandler", "HealthHandler", "drain_limit", "name_from_path"]
 
 PREFIX = "/fn/"
 
@@ -31,23 +31,30 @@ class FunctionHandler(BaseHandler):
     def prepare(self) -> None:
         self._chunks: list[bytes] = []
         self._received = 0
+        self._too_large = False
         declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.runtime.settings.max_body_size:
-            self._refuse_body()
+        limit = self.runtime.settings.max_body_size
+        if declared.isdigit() and int(declared) > limit:
+            self._too_large = True
+            waiting = self.request.headers.get("Expect", "").lower() == "100-continue"
+            if waiting or int(declared) > drain_limit(limit):
+                # The client waits before sending (curl does, for large bodies), or the body
+                # is too large to read and drop: answer now, and the connection closes.
+                self._refuse_body()
 
     def data_received(self, chunk: bytes) -> None:
-        if self._finished:
-            return  # refused: the rest of the body is read and dropped
+        if self._too_large:
+            return  # read and dropped; the 413 follows once the body is in
         self._received += len(chunk)
         if self._received > self.runtime.settings.max_body_size:
+            self._too_large = True
             self._chunks.clear()
-            self._refuse_body()
         else:
             self._chunks.append(chunk)
 
     def _refuse_body(self) -> None:
         limit = self.runtime.settings.max_body_size
-        self.send_error_json(413, f"Body larger than {limit} bytes", Connection="close")
+        self.send_error_json(413, f"Body larger than {limit} bytes")
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         # The name is taken from the raw path (name_from_path); Tornado's strict decoding of
@@ -57,6 +64,11 @@ class FunctionHandler(BaseHandler):
     async def get(self, _raw_name: str) -> None:
         if self._finished:
             return
+        if self._too_large:
+            # Only now, with the body read: Tornado closes a connection whose request is
+            # answered before its body has arrived, and a client still sending would get a
+            # reset instead of the 413.
+            return self._refuse_body()
         self.request.body = b"".join(self._chunks)
         self.activity.begin_request()
         try:
@@ -151,6 +163,12 @@ class FunctionHandler(BaseHandler):
                 "body": file.body,
             }
         return form
+
+
+def drain_limit(max_body_size: int) -> int:
+    """Up to this many bytes, a body over the limit is read and dropped before the 413; past
+    it the 413 comes at once and the connection closes."""
+    return 2 * max_body_size + 65536
 
 
 def name_from_path(path: str) -> str | None:

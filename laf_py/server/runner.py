@@ -16,6 +16,7 @@ from ..config import Settings
 from ..runtime import Runtime, StartupError
 from .activity import Activity
 from .app import make_app
+from .http import drain_limit
 
 __all__ = ["Server", "serve"]
 
@@ -58,9 +59,9 @@ class Server:
         self._http = tornado.httpserver.HTTPServer(
             make_app(self.runtime, self.activity),
             xheaders=True,
-            # Above this Tornado drops the connection; between the configured limit and this,
-            # the handler answers 413 and the rest of the body is read and thrown away.
-            max_body_size=2 * self.settings.max_body_size + 65536,
+            # Above this Tornado drops the connection; between --max-body-size and this, the
+            # body is read and thrown away, then the handler answers 413.
+            max_body_size=drain_limit(self.settings.max_body_size),
         )
         self._http.add_sockets(self._listeners)
         if listeners is None:

@@ -11,6 +11,7 @@ import fnmatch
 import logging
 from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError
@@ -60,6 +61,8 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             return self.send_error_json(503, "Server is shutting down")
         if self.activity.connections >= self.runtime.settings.max_connections:
             return self.send_error_json(503, "Too many connections; try again later")
+        if not self._origin_allowed():
+            return self.send_error_json(403, "Origin not allowed; see --allowed-origins")
         function = self.runtime.websocket
         if function is None:
             return self.send_error_json(404, "No functions/__websocket__.py on this server")
@@ -153,10 +156,11 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     def _close_slow_consumer(self, stream: IOStream) -> None:
         """The client stopped reading: its unsent data hit --max-send-buffer. Close it, so
         one client can never make the server's memory grow without bound."""
-        log.warning("closing socket %s: slow consumer", self.socket.id if self.socket else "?")
+        log.warning("dropping socket %s: slow consumer", self.socket.id if self.socket else "?")
         self._server_close = (SLOW_CONSUMER, "slow consumer")
-        stream.max_write_buffer_size = None  # room for the close frame, then no more
-        self.close(SLOW_CONSUMER, "slow consumer")
+        # A close frame would wait behind everything the client is not reading: drop the
+        # connection now, so it leaves cloud.sockets (and its user's presence) at once.
+        stream.close()
 
     def _refuse_flood(self) -> None:
         if self._flood.persists():
@@ -207,13 +211,24 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if self.runtime.settings.websocket_error_frames:
             self.write_frame(frames.frame(frames.TEXT, error_body(message, request_id)))
 
-    def check_origin(self, origin: str) -> bool:
-        """Tornado asks this only for cross-origin handshakes: same-origin ones always pass."""
+    def _origin_allowed(self) -> bool:
+        """Browsers apply no same-origin policy to WebSockets, so the server must: a page from
+        another origin may connect only if --allowed-origins lists it."""
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser
+        if self.request.headers.get("Sec-Fetch-Site") in ("same-origin", "none"):
+            return True
+        if urlsplit(origin).netloc.lower() == self.request.host.lower():
+            return True
         origin = origin.rstrip("/").lower()
         return any(
             pattern == "*" or fnmatch.fnmatchcase(origin, pattern.lower())
             for pattern in self.runtime.settings.allowed_origins
         )
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # decided in prepare(), to answer with JSON like every other refusal
 
     def get_compression_options(self) -> dict[str, Any] | None:
         # Frames are encoded by laf-py itself (once per broadcast), so no permessage-deflate.
