@@ -8,7 +8,7 @@ and what to set.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ class Settings:
     shutdown_grace: float = 10.0
     websocket_error_frames: bool = True
     log_level: str = "info"
-    database_url: str | None = None
-    secret: str | None = None
-    redis_url: str | None = None
+    # Kept out of repr(): they may hold passwords.
+    database_url: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)
     workers: int = 1
     cluster: str = "laf"
     heartbeat: float = 2.0

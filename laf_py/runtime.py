@@ -114,7 +114,10 @@ class Runtime:
         if self._watcher is not None:
             await self._watcher.stop()
         if self.bridge is not None:
-            await self.bridge.drain()
+            try:
+                await asyncio.wait_for(self.bridge.drain(), self.settings.shutdown_grace)
+            except TimeoutError:
+                log.warning("stopping with kv writes or presence events still unfinished")
         if self._bus is not None:
             await self._bus.stop()
             self._bus = None
@@ -155,14 +158,12 @@ async def _join_cluster(
     from .bus.redis import RedisBus  # redis is imported only when it is configured
 
     assert settings.redis_url is not None
-    bridge = sockets.bridge
     bus = RedisBus(
         settings.redis_url,
         node_id=sockets.node_id,
         prefix=settings.cluster,
         heartbeat=settings.heartbeat,
         on_presence=presence.decided_by_cluster,
-        track=lambda work: bridge.track(asyncio.ensure_future(work)),
     )
     try:
         await bus.start(sockets)

@@ -252,3 +252,41 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     dsn = _postgres_database()
     _reset_postgres(dsn)
     return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("LAF_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The machine's Redis, checked reachable (skips, or fails under LAF_REQUIRE_SERVICES=1)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        service_missing(f"Redis at {REDIS_URL} is not reachable: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def cluster(redis_url: str) -> Iterator[str]:
+    """A cluster name no other test uses (parallel runs share Redis); its keys go afterwards."""
+    import uuid
+
+    import redis
+
+    name = f"laf-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

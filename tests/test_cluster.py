@@ -16,29 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 import redis.asyncio as aioredis
 import websockets
-from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import EXAMPLES, service_missing, start_cli, wait_until, write_function
+from .conftest import EXAMPLES, start_cli, wait_until, write_function
 
-REDIS_URL = os.environ.get("LAF_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = "cluster-tests-" + "k" * 40
 HEARTBEAT = 1.0  # for tests that do not wait for a node to be declared dead
 FAST_HEARTBEAT = 0.5  # for tests that do: a node is dead after 3 silent beats
@@ -185,33 +180,6 @@ class Node:
 
 
 StartNodes = Callable[..., Awaitable[list[Node]]]
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The machine's Redis, reachable (or the test is skipped; it fails in CI)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-    except (RedisError, OSError) as exc:
-        service_missing(f"Redis at {REDIS_URL} is not reachable: {exc}")
-    finally:
-        client.close()
-    return REDIS_URL
-
-
-@pytest.fixture
-def cluster(redis_url: str) -> Iterator[str]:
-    """A cluster name no other test uses; its Redis keys are deleted afterwards."""
-    name = f"laf-test-{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{name}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture

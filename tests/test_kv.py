@@ -655,3 +655,11 @@ async def test_committed_set_survives_kill_9(
     got = await http.get(f"{second.url}/fn/get", params={"key": "k"})
     assert got.status_code == 200
     assert got.json() == {"value": {"n": 1}}
+
+
+async def test_keys_prefix_is_case_sensitive(serve, functions_dir: Path, database_url: str) -> None:
+    """SQLite's LIKE ignores case; prefixes must not."""
+    async with serve(functions_dir, database_url=database_url):
+        for key in ("Session/1", "session/2", "SESSION/3"):
+            await cloud.kv.set(key, 1)
+        assert await cloud.kv.keys("session/") == ["session/2"]

@@ -491,8 +491,9 @@ async def test_rate_zero_turns_the_limit_off(serve, functions_dir: Path):
 
 
 def test_flood_guard_refills_and_detects_persistent_floods(monkeypatch: pytest.MonkeyPatch):
-    """The token bucket on a fake clock: burst of twice the rate, refill at rate, persistence after
-    more than max(rate, 10) refusals in a row; rate 0 allows everything."""
+    """The token bucket on a fake clock: burst of twice the rate, refill at rate, persistence
+    after more than max(rate, 10) refusals within one second (allowed messages in between do
+    not reset it); a new second starts the count again; rate 0 allows everything."""
     now = [1000.0]
     monkeypatch.setattr(flood.time, "monotonic", lambda: now[0])
     guard = FloodGuard(5)
@@ -500,12 +501,14 @@ def test_flood_guard_refills_and_detects_persistent_floods(monkeypatch: pytest.M
     now[0] += 0.2  # one token back
     assert guard.allows()
     assert not guard.allows()
-    assert not guard.persists()
-    for _ in range(9):
+    for _ in range(8):
         assert not guard.allows()
-    assert not guard.persists()  # 10 refusals in a row: not yet
+    assert not guard.persists()  # 10 refusals in this second: not yet
     assert not guard.allows()
     assert guard.persists()  # 11
+    now[0] += 1.0  # a new second: the count starts again (and 5 tokens came back)
+    assert [guard.allows() for _ in range(6)] == [True] * 5 + [False]
+    assert not guard.persists()
     now[0] += 10  # a quiet spell refills only up to the burst
     assert [guard.allows() for _ in range(11)] == [True] * 10 + [False]
     assert not guard.persists()

@@ -26,9 +26,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import EXAMPLES, CliServer, service_missing, wait_until, write_function
+from .conftest import EXAMPLES, REDIS_URL, CliServer, wait_until, write_function
 
-REDIS_URL = os.environ.get("LAF_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = "workers-" + "s" * 40
 ADMIN_TOKEN = "workers-admin-token"
 MAX_CLIENTS = 60  # connections tried before concluding the kernel never picks a worker
@@ -120,32 +119,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env={**clean, **(env or {})},
         timeout=30,
     )
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The machine's Redis, checked reachable (skips, or fails under LAF_REQUIRE_SERVICES=1)."""
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except (redis.RedisError, OSError) as exc:
-        service_missing(f"Redis at {REDIS_URL} is not usable: {exc}")
-    return REDIS_URL
-
-
-@pytest.fixture
-def cluster(redis_url: str) -> Iterator[str]:
-    """A cluster name of this test's own; its Redis keys are removed afterwards."""
-    import redis
-
-    name = f"test-workers-{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -61,6 +61,11 @@ class _Tally:
     def reached_all(self) -> bool:
         return self.expected is not None and self.answered >= self.expected
 
+    def expect(self, replies: int) -> None:
+        self.expected = replies
+        if self.reached_all():
+            self.settle()
+
     def settle(self) -> None:
         if not self.future.done():
             self.future.set_result(self.reached)
@@ -76,7 +81,6 @@ class RedisBus:
         prefix: str,
         heartbeat: float,
         on_presence: Callable[[str, bool], None],
-        track: Callable[[Awaitable[Any]], object],
     ) -> None:
         self.node_id = node_id
         self._url = url
@@ -84,7 +88,6 @@ class RedisBus:
         self._heartbeat = heartbeat
         self._lifetime = 3 * heartbeat
         self._on_presence = on_presence  # (user, online) decided by the cluster, not by us
-        self._track = track  # keeps publishing tasks alive and lets shutdown wait for them
         self._local: LocalSockets | None = None
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self._all = f"{prefix}:all"
@@ -95,6 +98,10 @@ class RedisBus:
         self._lost = False
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
+        self._recovering = asyncio.Lock()
+        # Every publish goes through one queue and one sender, in order, pipelined: a burst
+        # of sends can neither reorder nor exhaust the connection pool.
+        self._outbox: asyncio.Queue[tuple[str, bytes, _Tally | None]] = asyncio.Queue()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -106,11 +113,14 @@ class RedisBus:
         self._tasks = [
             asyncio.create_task(self._listen(), name="laf-py redis listener"),
             asyncio.create_task(self._beat_forever(), name="laf-py redis heartbeat"),
+            asyncio.create_task(self._send_forever(), name="laf-py redis sender"),
         ]
         await asyncio.wait_for(self._subscribed.wait(), 10)
 
     async def stop(self) -> None:
         """Leave the cluster: forget this node's users and heartbeat, then disconnect."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._outbox.join(), REPLY_TIMEOUT)  # what was sent, goes
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -145,7 +155,7 @@ class RedisBus:
     def close_socket(self, socket_id: str, code: int, reason: str) -> None:
         header = {"op": "close", "id": socket_id, "code": code, "reason": reason}
         channel = f"{self._prefix}:node:{socket_id[: len(self.node_id)]}"
-        self._track(self._safely(self._redis.publish(channel, wire.encode(header))))
+        self._outbox.put_nowait((channel, wire.encode(header), None))
 
     def _publish(self, channel: str, header: dict[str, Any], frame: bytes) -> asyncio.Future[int]:
         loop = asyncio.get_running_loop()
@@ -155,21 +165,34 @@ class RedisBus:
         tally.future.add_done_callback(lambda _: self._tallies.pop(corr, None))
         tally.timer = loop.call_later(REPLY_TIMEOUT, tally.settle)
         header = {**header, "op": "deliver", "from": self.node_id, "corr": corr}
-        message = wire.encode(header, frame)
+        self._outbox.put_nowait((channel, wire.encode(header, frame), tally))
+        return tally.future
 
-        async def publish() -> None:
+    async def _send_forever(self) -> None:
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
             try:
-                heard = await self._redis.publish(channel, message)
+                pipe = self._redis.pipeline(transaction=False)
+                for channel, message, _ in batch:
+                    pipe.publish(channel, message)
+                heard = await pipe.execute()
             except _FAILURES as exc:
                 self._lose(exc)
-                tally.settle()
-                return
-            tally.expected = heard - (1 if channel == self._all else 0)  # not ourselves
-            if tally.reached_all():
-                tally.settle()
+                heard = [0] * len(batch)
+            for (channel, _, tally), listeners in zip(batch, heard, strict=True):
+                if tally is not None:
+                    tally.expect(self._expected_replies(channel, int(listeners)))
+                self._outbox.task_done()
 
-        self._track(publish())
-        return tally.future
+    def _expected_replies(self, channel: str, listeners: int) -> int:
+        """How many nodes will report a count: those PUBLISH says heard it, but ourselves.
+        (Another subscriber to the cluster's channels, a redis-cli watching say, is counted
+        too and never answers: awaited counts then take REPLY_TIMEOUT.)"""
+        if channel == self._all:
+            return max(0, listeners - 1)
+        return min(listeners, 1)
 
     # -- presence ---------------------------------------------------------------------------
 
@@ -181,7 +204,7 @@ class RedisBus:
         except _FAILURES as exc:
             self._lose(exc)
             return True  # cannot tell: report what this node saw
-        return int(count) == 1
+        return bool(count)
 
     async def user_left(self, user_id: str) -> bool:
         """Record that this node no longer holds ``user_id``; True if no node holds them now."""
@@ -191,7 +214,7 @@ class RedisBus:
         except _FAILURES as exc:
             self._lose(exc)
             return True
-        return int(count) == 0
+        return bool(count)
 
     async def is_online(self, user_id: str) -> bool:
         keys = [self._nodes, f"{self._prefix}:unodes:{user_id}"]
@@ -221,12 +244,12 @@ class RedisBus:
                 await pubsub.subscribe(self._all, self._mine)
                 self._subscribed.set()
                 if self._lost:
-                    await self._rejoin()
+                    await self._recover()
                 delay = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None:
-                        self._receive(message["data"])
+                        self._receive_safely(message["data"])
             except _FAILURES as exc:
                 self._lose(exc)
             finally:
@@ -238,13 +261,16 @@ class RedisBus:
     async def _beat_forever(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat)
-            await self._beat()
+            if self._lost:
+                await self._recover()  # whichever of the connections failed, retry here too
+            else:
+                await self._beat()
 
     async def _beat(self, first: bool = False) -> None:
         """Say this node is alive, and reap nodes that stopped saying so."""
         try:
             unknown = await self._redis.eval(scripts.BEAT, 1, self._nodes, self.node_id)
-            offline = await self._redis.eval(
+            offline, _alive = await self._redis.eval(
                 scripts.REAP, 1, self._nodes, self._prefix, self._lifetime
             )
         except _FAILURES as exc:
@@ -258,13 +284,21 @@ class RedisBus:
             log.warning("this node was missing from the cluster; claiming its users again")
             await self._reconcile()
 
-    async def _rejoin(self) -> None:
-        """After an outage: fresh connections, then make Redis agree with this node."""
-        await self._redis.connection_pool.disconnect(inuse_connections=False)  # all stale
-        log.warning("reconnected to Redis at %s", self.safe_url())
-        self._lost = False
-        await self._beat(first=True)
-        await self._reconcile()
+    async def _recover(self) -> None:
+        """After a failure: fresh connections, then make Redis agree with this node. The
+        listener and the heartbeat may both get here; the lock lets one of them do it."""
+        async with self._recovering:
+            if not self._lost:
+                return
+            await self._redis.connection_pool.disconnect(inuse_connections=False)  # stale
+            try:
+                await self._redis.ping()
+            except _FAILURES:
+                return  # still gone; the next beat tries again
+            log.warning("reconnected to Redis at %s", self.safe_url())
+            self._lost = False
+            await self._beat(first=True)
+            await self._reconcile()
 
     async def _reconcile(self) -> None:
         """Users who came or went here while Redis could not be told, told now."""
@@ -274,13 +308,21 @@ class RedisBus:
             self._lose(exc)
             return
         claimed = {u.decode() if isinstance(u, bytes) else str(u) for u in listed}
-        here = set(self._local.local_users() if self._local else [])
-        for user in sorted(claimed - here):
-            if await self.user_left(user):
+        local = self._local
+        assert local is not None
+        for user in sorted(claimed - set(local.local_users())):
+            # Asked again just before writing: the user may have come back meanwhile.
+            if user not in local.local_users() and await self.user_left(user):
                 self._on_presence(user, False)
-        for user in sorted(here - claimed):
-            if await self.user_joined(user):
+        for user in sorted(set(local.local_users()) - claimed):
+            if user in local.local_users() and await self.user_joined(user):
                 self._on_presence(user, True)
+
+    def _receive_safely(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except Exception:  # one bad message (a newer node, a stranger on the channel)
+            log.exception("ignoring a message on the Redis bus that could not be handled")
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -303,7 +345,7 @@ class RedisBus:
                 reached = local.write_user(frame, header["user"])
             reply = {"op": "count", "corr": header["corr"], "n": reached}
             channel = f"{self._prefix}:node:{header['from']}"
-            self._track(self._safely(self._redis.publish(channel, wire.encode(reply))))
+            self._outbox.put_nowait((channel, wire.encode(reply), None))
         elif op == "count":
             tally = self._tallies.get(header["corr"])
             if tally is not None:
@@ -313,12 +355,6 @@ class RedisBus:
                     tally.settle()
         elif op == "close":
             local.close_local(header["id"], header["code"], header["reason"])
-
-    async def _safely(self, operation: Awaitable[Any]) -> None:
-        try:
-            await operation
-        except _FAILURES as exc:
-            self._lose(exc)
 
     def _lose(self, exc: BaseException) -> None:
         if not self._lost:

@@ -12,19 +12,24 @@ _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2])
 # Returns 1 when the node was not listed: new, or reaped while it was paused or cut off.
 BEAT = _NOW + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
 
+# Both return 1 only when this call changed the user's presence for the whole cluster
+# (first node to hold them / last node to let go), so a repeated call never repeats an event.
 JOIN = """
-redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
-return redis.call('SCARD', KEYS[1])
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('SCARD', KEYS[1]) == 1 then return 1 end
+return 0
 """
 
 LEAVE = """
-redis.call('SREM', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[2])
-return redis.call('SCARD', KEYS[1])
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('SCARD', KEYS[1]) == 0 then return 1 end
+return 0
 """
 
-# KEYS[1] = nodes zset; ARGV[1] = prefix, ARGV[2] = seconds after which a node is dead
+# KEYS[1] = nodes zset; ARGV[1] = prefix, ARGV[2] = seconds after which a node is dead.
+# Returns {users now offline, nodes still alive}.
 REAP = (
     _NOW
     + """
@@ -40,7 +45,7 @@ for _, node in ipairs(dead) do
   redis.call('DEL', ARGV[1] .. ':nusers:' .. node)
   redis.call('ZREM', KEYS[1], node)
 end
-return offline
+return {offline, redis.call('ZCARD', KEYS[1])}
 """
 )
 

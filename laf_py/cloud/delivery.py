@@ -90,7 +90,11 @@ class LoopBridge:
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
 
         async def settle(delivery: Delivery) -> None:
-            future.set_result(await delivery)
+            try:
+                future.set_result(await delivery)
+            except BaseException as exc:  # never leave a waiting thread hanging
+                future.set_exception(exc)
+                raise
 
         def run() -> None:
             try:

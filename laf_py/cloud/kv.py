@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .delivery import LoopBridge
@@ -106,7 +106,8 @@ class KeyValueStore:
         order = kv_table.c.key.collate("C") if self._dialect == "postgresql" else kv_table.c.key
         query = select(kv_table.c.key).where(_live()).order_by(order)  # by code point
         if prefix:
-            query = query.where(kv_table.c.key.startswith(prefix, autoescape=True))
+            # Not LIKE: SQLite's is case-insensitive. A plain comparison of the first characters.
+            query = query.where(func.substr(kv_table.c.key, 1, len(prefix)) == prefix)
         async with self._engine.connect() as connection:
             return list((await connection.execute(query)).scalars())
 

@@ -27,88 +27,111 @@ log = logging.getLogger("laf_py")
 
 RESTART_LIMIT = 5  # deaths within RESTART_WINDOW seconds after which a worker is not restarted
 RESTART_WINDOW = 30.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def serve_workers(settings: Settings) -> None:
-    listeners = bind(settings)
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    url = f"http://{host}:{listeners[0].getsockname()[1]}"
-    ready_read, ready_write = os.pipe()
-    workers: dict[int, int] = {}  # pid -> worker number
-    for number in range(settings.workers):
-        workers[_fork(number, settings, listeners, ready_write)] = number
-
-    # Each worker writes one byte once it serves; the port is "listening" when all have.
-    started = 0
-    while started < settings.workers:
-        readable, _, _ = select.select([ready_read], [], [], 0.2)
-        if readable:
-            started += len(os.read(ready_read, settings.workers - started))
-            continue
-        pid, _status = os.waitpid(-1, os.WNOHANG)
-        if pid:  # a worker died while starting (it said why): stop the others
-            workers.pop(pid, None)
-            for other in workers:
-                os.kill(other, signal.SIGTERM)
-            for other in workers:
-                os.waitpid(other, 0)
-            raise StartupError("a worker could not start (see its error above)")
-    log.info("laf-py listening on %s with %d workers", url, settings.workers)
-    _supervise(settings, listeners, ready_write, workers)
+    supervisor = _Supervisor(settings, bind(settings))
+    supervisor.start()
+    supervisor.supervise()
 
 
-def _fork(number: int, settings: Settings, listeners: list[socket.socket], ready: int) -> int:
-    pid = os.fork()
-    if pid:
-        return pid
-    # The worker: its own event loop, runtime and node id, and none of the parent's handlers.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    code = 0
-    try:
-        serve_one(settings, listeners, ready=lambda: _say_ready(ready))
-    except StartupError as exc:
-        print(f"laf-py: error: worker {number}: {exc}", file=sys.stderr)
-        code = 1
-    except BaseException:
-        log.exception("worker %d crashed", number)
-        code = 1
-    logging.shutdown()
-    os._exit(code)
+class _Supervisor:
+    def __init__(self, settings: Settings, listeners: list[socket.socket]) -> None:
+        self.settings = settings
+        self.listeners = listeners
+        self.workers: dict[int, int] = {}  # pid -> worker number
+        self.stopping = False
+        self._ready_read, self._ready_write = os.pipe()
+        self._deaths: list[float] = []
 
+    def start(self) -> None:
+        """Fork every worker and wait until each serves (or one fails, or we are stopped)."""
+        # Handlers first: a signal during start-up must reach the workers, not orphan them.
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        for number in range(self.settings.workers):
+            self._spawn(number)
+        started = 0
+        while started < self.settings.workers and not self.stopping:
+            readable, _, _ = select.select([self._ready_read], [], [], 0.2)
+            if readable:  # each worker writes one byte once it serves
+                started += len(os.read(self._ready_read, self.settings.workers - started))
+                continue
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+            if pid and not self.stopping:  # a worker died while starting (it said why)
+                self.workers.pop(pid, None)
+                self._forward(signal.SIGTERM, None)
+                self._reap_all()
+                raise StartupError("a worker could not start (see its error above)")
+        if not self.stopping:
+            host = self.settings.host
+            host = f"[{host}]" if ":" in host else host
+            url = f"http://{host}:{self.listeners[0].getsockname()[1]}"
+            log.info("laf-py listening on %s with %d workers", url, self.settings.workers)
 
-def _say_ready(ready: int) -> None:
-    os.write(ready, b".")
+    def supervise(self) -> None:
+        """Until every worker has exited: restart those that die on their own."""
+        while self.workers:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            number = self.workers.pop(pid, None)
+            if number is None or self.stopping:
+                continue
+            now = time.monotonic()
+            self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW] + [now]
+            if len(self._deaths) > RESTART_LIMIT:
+                log.error("workers keep dying; stopping them all")
+                self._forward(signal.SIGTERM, None)
+                self._reap_all()
+                raise StartupError(f"{len(self._deaths)} workers died in {RESTART_WINDOW:g}s")
+            code = os.waitstatus_to_exitcode(status)
+            log.warning("worker %d exited (%d); starting a new one", number, code)
+            self._spawn(number)
+        log.info("laf-py stopped (all workers)")
 
+    def _spawn(self, number: int) -> None:
+        # Stop signals wait while forking, so that a new worker is always in `workers` when
+        # the handler forwards one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._run_worker(number)  # never returns
+            self.workers[pid] = number
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
-def _supervise(
-    settings: Settings, listeners: list[socket.socket], ready: int, workers: dict[int, int]
-) -> None:
-    stopping = False
-    deaths: list[float] = []
+    def _run_worker(self, number: int) -> None:
+        # Its own event loop, runtime and node id, and none of the supervisor's handlers.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        code = 0
+        try:
+            serve_one(self.settings, self.listeners, ready=self._say_ready)
+        except StartupError as exc:
+            print(f"laf-py: error: worker {number}: {exc}", file=sys.stderr)
+            code = 1
+        except BaseException:
+            log.exception("worker %d crashed", number)
+            code = 1
+        logging.shutdown()
+        os._exit(code)
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in workers:
+    def _say_ready(self) -> None:
+        os.write(self._ready_write, b".")
+
+    def _forward(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        for pid in list(self.workers):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while workers:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        number = workers.pop(pid, None)
-        if number is None or stopping:
-            continue
-        deaths[:] = [t for t in deaths if time.monotonic() - t < RESTART_WINDOW]
-        deaths.append(time.monotonic())
-        if len(deaths) > RESTART_LIMIT:
-            log.error("workers keep dying; not restarting worker %d", number)
-            continue
-        log.warning("worker %d exited (status %d); starting a new one", number, status)
-        workers[_fork(number, settings, listeners, ready)] = number
-    log.info("laf-py stopped (all workers)")
+    def _reap_all(self) -> None:
+        for pid in list(self.workers):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.workers.clear()
