@@ -455,14 +455,29 @@ async def test_presence_answered_by_a_node_holding_none_of_the_users_sockets(
     await poll(seen_offline)
 
 
+async def redis_knows(redis_url: str, cluster: str, user: str, nodes: list[Node]) -> bool:
+    """Whether every one of ``nodes`` has told Redis that it holds ``user``."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        holders = {n.decode() for n in await client.smembers(f"{cluster}:unodes:{user}")}
+    finally:
+        await client.aclose()
+    return holders == {node.node_id for node in nodes}
+
+
 async def test_user_on_two_nodes_goes_offline_only_after_both_close(
-    start_nodes: StartNodes, folder: Path, clients: Clients, http: httpx.AsyncClient
+    start_nodes: StartNodes,
+    folder: Path,
+    clients: Clients,
+    http: httpx.AsyncClient,
+    redis_url: str,
+    cluster: str,
 ) -> None:
     """Closing the user's socket on one node keeps them online; closing the other does not."""
     a, b = await start_nodes(2, folder)
     on_a = await clients.connect(a, "alice")
     on_b = await clients.connect(b, "alice")
-    await poll(lambda: is_online(http, a, "alice"))
+    await poll(lambda: redis_knows(redis_url, cluster, "alice", [a, b]))
 
     await gone_from(http, a, on_a)
     # A's presence work runs in order: once a later user is online, alice's leave has run.
@@ -496,6 +511,9 @@ async def test_presence_events_fire_once_for_the_whole_cluster(
     a, b = await start_nodes(2, folder, database_url=database_url)
     on_a = await clients.connect(a, "alice")
     on_b = await clients.connect(b, "alice")
+    # A node tells Redis about a user just after accepting the socket; wait until both have,
+    # or leaving on A could race B's arrival (events on two nodes are not ordered).
+    await fence_presence(http, clients, [a, b], "joined")
     await gone_from(http, a, on_a)
     await gone_from(http, b, on_b)
     await poll(lambda: events(http, a, "alice", OFFLINE))
