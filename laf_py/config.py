@@ -45,6 +45,7 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     allowed_origins: tuple[str, ...] = ()
+    trust_proxy_headers: bool = False
 
     @property
     def data_dir(self) -> Path:

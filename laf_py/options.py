@@ -334,6 +334,15 @@ OPTIONS: tuple[Option, ...] = (
         "browser origins allowed to open WebSockets (default: the server's own origin)",
     ),
     Option(
+        "trust_proxy_headers",
+        "--trust-proxy-headers",
+        "LAF_TRUST_PROXY_HEADERS",
+        _bool,
+        "true or false",
+        "take the client address and scheme from X-Forwarded-For / X-Real-Ip / "
+        "X-Forwarded-Proto (only behind a proxy that sets them; default false)",
+    ),
+    Option(
         "log_level",
         "--log-level",
         "LAF_LOG_LEVEL",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,9 +22,14 @@ INIT_METHOD = "INIT"
 _EMPTY: Mapping[str, Any] = {}
 
 
+_PROCESS_PREFIX = os.urandom(6).hex()
+_SEQUENCE = itertools.count(1)
+
+
 def new_request_id() -> str:
-    """A fresh 96-bit random id, 24 hex characters."""
-    return os.urandom(12).hex()
+    """A new id, 24 hex characters: this process's random prefix and a counter. Unique and
+    cheap (no system call per request); it correlates logs, it is not a secret."""
+    return f"{_PROCESS_PREFIX}{next(_SEQUENCE) & 0xFFFFFFFFFFFF:012x}"
 
 
 class FunctionContext:

@@ -58,7 +58,9 @@ class Server:
             raise
         self._http = tornado.httpserver.HTTPServer(
             make_app(self.runtime, self.activity),
-            xheaders=True,
+            # X-Real-Ip / X-Forwarded-For only from a proxy we are told to trust: a client
+            # could otherwise claim any address.
+            xheaders=self.settings.trust_proxy_headers,
             # Above this Tornado drops the connection; between --max-body-size and this, the
             # body is read and thrown away, then the handler answers 413.
             max_body_size=drain_limit(self.settings.max_body_size),
