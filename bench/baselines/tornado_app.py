@@ -1,0 +1,71 @@
+"""Baseline for bench/compare.py: a plain Tornado app, what one would write without laf-py.
+
+    python bench/baselines/tornado_app.py [--port 0]
+
+- ``/echo``: a WebSocket handler that writes every message back;
+- ``GET /broadcast?msg=...``: loops over every connected ``/echo`` handler calling
+  ``write_message`` (the naive broadcast) and answers ``{"count": n}``;
+- ``GET /hello``: ``Hello, world!``.
+
+Prints ``listening on http://127.0.0.1:PORT`` once it accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+import tornado.websocket
+
+CONNECTED: set[EchoHandler] = set()
+
+
+class EchoHandler(tornado.websocket.WebSocketHandler):
+    def open(self) -> None:
+        CONNECTED.add(self)
+
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(message, binary=isinstance(message, bytes))
+
+    def on_close(self) -> None:
+        CONNECTED.discard(self)
+
+
+class BroadcastHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        message = self.get_argument("msg", "broadcast")
+        count = 0
+        for handler in list(CONNECTED):
+            try:
+                handler.write_message(message)
+                count += 1
+            except tornado.websocket.WebSocketClosedError:
+                pass
+        self.write({"count": count})
+
+
+class HelloHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write("Hello, world!")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    app = tornado.web.Application(
+        [(r"/echo", EchoHandler), (r"/broadcast", BroadcastHandler), (r"/hello", HelloHandler)]
+    )
+    sockets = tornado.netutil.bind_sockets(args.port, "127.0.0.1")
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    print(f"listening on http://127.0.0.1:{port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,713 @@
+"""laf-py against a plain Tornado app and a websockets-library server, same run, same generator.
+
+    python bench/compare.py [--quick] [--duration 10] [--only echo,http,broadcast,memory,churn]
+                            [--clients 2]
+
+Starts each server in turn (bench/baselines/tornado_app.py, bench/baselines/websockets_app.py,
+then ``laf-py serve`` on bench/compare_functions), drives it with bench/loadgen.py and stops it:
+
+- echo: ``--echo-connections`` WebSockets (50) in a closed loop, 64 B text messages, for
+  ``--duration`` s after a warm-up: echo round trips per second, p50/p99 latency;
+- http: ``GET /hello`` (``/fn/hello`` on laf-py) with wrk (``-t1 -c50``) when it is installed,
+  else with the Python generator: requests per second, p50/p99. Not run on websockets, which is
+  not an HTTP framework;
+- broadcast: ``--broadcast-connections`` sockets (5000), one HTTP call that broadcasts a short
+  text frame, time from sending that call until every socket has the frame; the median of
+  ``--broadcast-rounds`` rounds after one warm-up round;
+- memory (a fresh server): RSS before and after opening ``--idle-connections`` (9000) idle
+  sockets, per connection;
+- churn (the same fresh server, after memory): ``--churn-rounds`` (10) rounds of opening and
+  closing ``--churn-connections`` (5000) sockets; RSS after each round.
+
+For every load it samples the CPU time (utime + stime from /proc) of the server and of the
+generator processes over the measured window, to show which one saturates. laf-py runs with
+``--reload false --max-messages-per-second 0 --max-connections 20000 --log-level warning``
+(at the default ``info`` level it writes an access line per HTTP call, which the plain Tornado
+app does not; ``--laf-log-level info`` measures that). Prints a table of absolute numbers and
+laf-py/baseline ratios and writes bench/results/compare.json. ``--quick`` is a tiny load for
+the smoke test. Benchmarks, not tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from loadgen import Pool, cpu_seconds, fd_count, rss_kib, share  # noqa: E402
+
+monotonic = time.monotonic
+PHASES = ("echo", "http", "broadcast", "memory", "churn")
+SERVER_NAMES = ("tornado", "websockets", "laf-py")
+
+# -- the servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    ws_path: str
+    hello_path: str | None
+    broadcast_path: str
+
+
+TARGETS = [
+    Target("tornado", "/echo", "/hello", "/broadcast"),
+    Target("websockets", "/", None, "/broadcast"),
+    Target("laf-py", "/__websocket__", "/fn/hello", "/fn/broadcast"),
+]
+
+
+class ServerOutput(threading.Thread):
+    """Drains the server's output so its pipe never fills; keeps the first lines."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        super().__init__(daemon=True)
+        self.process = process
+        self.url: queue.Queue[str | None] = queue.Queue()
+        self.lines: list[str] = []
+        self.warnings = 0
+
+    def run(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if match := re.search(r"listening on (http://\S+)", line):
+                self.url.put(match.group(1))
+            if " tornado.access:" not in line and len(self.lines) < 100:
+                self.lines.append(line.rstrip())
+            self.warnings += bool(re.search(r"WARNING|ERROR|CRITICAL|Traceback", line))
+        self.url.put(None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One server process: started with its output drained by a thread, always stopped."""
+
+    def __init__(self, target: Target, args: Any, tmp: Path) -> None:
+        self.target = target
+        self.port = 0
+        if target.name == "laf-py":
+            self.port = free_port()  # at --log-level warning it prints no "listening on" line
+            command = [sys.executable, "-m", "laf_py", "serve", "--host", "127.0.0.1"]
+            command += ["--port", str(self.port), "--functions", str(HERE / "compare_functions")]
+            command += ["--reload", "false", "--log-level", args.laf_log_level]
+            command += ["--max-messages-per-second", "0", "--max-connections", "20000"]
+            command += ["--database-url", f"sqlite:///{tmp / 'compare.db'}"]
+        else:
+            script = HERE / "baselines" / f"{target.name}_app.py"
+            command = [sys.executable, str(script), "--port", "0"]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "LAF_SECRET": "compare-secret-" + "x" * 32},
+            start_new_session=True,  # Ctrl-C reaches only this script, which stops the server
+        )
+        self.output = ServerOutput(self.process)
+        self.output.start()
+
+    def __enter__(self) -> Server:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_ready(self) -> None:
+        if self.port == 0:
+            try:
+                url = self.output.url.get(timeout=60)
+            except queue.Empty:
+                url = None
+            if url is None:
+                raise RuntimeError(f"{self.target.name} did not start:\n" + self.log())
+            self.port = int(url.rsplit(":", 1)[1])
+            return
+        deadline = monotonic() + 60
+        while monotonic() < deadline:
+            self.alive()
+            try:
+                if http_get(self.port, "/_/healthz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.target.name} did not answer /_/healthz:\n" + self.log())
+
+    def alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"{self.target.name} exited with code {self.process.returncode}:\n" + self.log()
+            )
+
+    def log(self) -> str:
+        return "\n".join(self.output.lines[-30:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.output.join(5)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """One GET on a new connection (the same trigger cost for every server)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+class CPU:
+    """CPU time of the server and of the generator processes between ``start`` and ``stop``."""
+
+    def __init__(self, server_pid: int, generator_pids: list[int]) -> None:
+        self.server_pid, self.generator_pids = server_pid, generator_pids
+        self.wall = self.server = 0.0
+        self.generators = [0.0] * len(generator_pids)
+
+        self.machine = 0.0
+
+    def start(self) -> None:
+        self._t0 = monotonic()
+        self._m0 = machine_busy_seconds()
+        self._s0 = cpu_seconds(self.server_pid)
+        self._g0 = [cpu_seconds(pid) for pid in self.generator_pids]
+
+    def stop(self) -> None:
+        self.wall += monotonic() - self._t0
+        self.server += cpu_seconds(self.server_pid) - self._s0
+        for i, pid in enumerate(self.generator_pids):
+            self.generators[i] += cpu_seconds(pid) - self._g0[i]
+        self.machine += machine_busy_seconds() - self._m0
+
+    def result(self) -> dict[str, Any]:
+        wall = max(self.wall, 1e-9)
+        other = max(0.0, self.machine - self.server - sum(self.generators))
+        return {
+            "server_cpu_pct": round(100 * self.server / wall, 1),
+            "generator_cpu_pct": round(100 * sum(self.generators) / wall, 1),
+            "generator_cpu_pct_per_process": [round(100 * g / wall, 1) for g in self.generators],
+            # everything else on the machine (this script, other users' work): noise if high
+            "other_cpu_pct": round(100 * other / wall, 1),
+        }
+
+
+def machine_busy_seconds() -> float:
+    """CPU time of the whole machine, all cores, not idle (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def percentile_ms(samples: list[float], fraction: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return round(1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
+
+
+def sleep_until(when: float) -> None:
+    time.sleep(max(0.0, when - monotonic()))
+
+
+class Bench:
+    def __init__(self, pool: Pool, args: Any) -> None:
+        self.pool, self.args, self.size = pool, args, len(pool.pids)
+
+    def open(self, server: Server, count: int) -> dict[str, Any]:
+        commands = [
+            ("open", "127.0.0.1", server.port, server.target.ws_path, share(count, self.size, i))
+            for i in range(self.size)
+        ]
+        replies = self.pool.call(commands, "opened", 60 + count / 50, server.alive)
+        errors: dict[str, int] = {}
+        for reply in replies:
+            for kind, n in reply[2].items():
+                errors[kind] = errors.get(kind, 0) + n
+        opened = sum(r[1] for r in replies)
+        if opened < count:
+            raise RuntimeError(f"opened {opened} of {count} connections; errors: {errors}")
+        return {"opened": opened, "seconds": round(max(r[3] for r in replies), 2)}
+
+    def close(self, server: Server) -> int:
+        replies = self.pool.call([("close",)] * self.size, "closed", 60, server.alive)
+        return sum(r[2] for r in replies)  # aborted: no close handshake within 10 s
+
+    def echo(self, server: Server) -> dict[str, Any]:
+        args = self.args
+        self.open(server, args.echo_connections)
+        try:
+            start_at = monotonic() + 0.3
+            command = ("echo", args.payload, start_at, args.warmup, args.duration)
+            self.pool.send([command] * self.size)
+            cpu = CPU(server.pid, self.pool.pids)
+            sleep_until(start_at + args.warmup)
+            cpu.start()
+            sleep_until(start_at + args.warmup + args.duration)
+            cpu.stop()
+            replies = self.pool.receive("echo", args.duration + args.warmup + 30, server.alive)
+        finally:
+            self.close(server)
+        latencies = [s for r in replies for s in r[2]]
+        return {
+            "connections": args.echo_connections,
+            "payload_bytes": args.payload,
+            "duration_s": args.duration,
+            "msgs_per_s": round(len(latencies) / args.duration, 1),
+            "p50_ms": percentile_ms(latencies, 0.5),
+            "p99_ms": percentile_ms(latencies, 0.99),
+            "unanswered_at_end": sum(r[3] for r in replies),
+            **cpu.result(),
+        }
+
+    def http(self, server: Server) -> dict[str, Any] | None:
+        path = server.target.hello_path
+        if path is None:
+            return None
+        status, body = http_get(server.port, path)
+        if status != 200 or body != b"Hello, world!":
+            raise RuntimeError(f"GET {path}: {status} {body[:100]!r}")
+        wrk = shutil.which("wrk")
+        if wrk and not self.args.python_http:
+            return self.http_wrk(server, wrk, path)
+        return self.http_python(server, path)
+
+    def http_wrk(self, server: Server, wrk: str, path: str) -> dict[str, Any]:
+        args = self.args
+        url = f"http://127.0.0.1:{server.port}{path}"
+        seconds = max(1, round(args.duration))
+        base = [wrk, "-t1", f"-c{args.http_connections}", "--latency"]
+        subprocess.run([*base, "-d1s", url], capture_output=True, timeout=60, check=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        s0, t0, m0 = cpu_seconds(server.pid), monotonic(), machine_busy_seconds()
+        done = subprocess.run(
+            [*base, f"-d{seconds}s", url], capture_output=True, text=True, timeout=seconds + 60
+        )
+        wall, server_cpu = monotonic() - t0, cpu_seconds(server.pid) - s0
+        machine = machine_busy_seconds() - m0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
+        out = done.stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        wrk_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        errors = re.search(r"Socket errors:.*|Non-2xx.*", out)
+        return {
+            "generator": "wrk -t1",
+            "connections": args.http_connections,
+            "duration_s": seconds,
+            "requests_per_s": rps,
+            "p50_ms": wrk_latency(out, "50%"),
+            "p99_ms": wrk_latency(out, "99%"),
+            "errors": errors.group(0) if errors else None,
+            "server_cpu_pct": round(100 * server_cpu / wall, 1),
+            "generator_cpu_pct": round(100 * wrk_cpu / wall, 1),
+            "generator_cpu_pct_per_process": [round(100 * wrk_cpu / wall, 1)],
+            "other_cpu_pct": round(100 * max(0.0, machine - server_cpu - wrk_cpu) / wall, 1),
+        }
+
+    def http_python(self, server: Server, path: str) -> dict[str, Any]:
+        args = self.args
+        start_at = monotonic() + 1.0 + args.warmup
+        commands = [
+            (
+                "http",
+                "127.0.0.1",
+                server.port,
+                path,
+                share(args.http_connections, self.size, i),
+                start_at,
+                args.duration,
+            )
+            for i in range(self.size)
+        ]
+        self.pool.send(commands)
+        cpu = CPU(server.pid, self.pool.pids)
+        sleep_until(start_at)
+        cpu.start()
+        sleep_until(start_at + args.duration)
+        cpu.stop()
+        replies = self.pool.receive("http", args.duration + 30, server.alive)
+        latencies = [s for r in replies for s in r[2]]
+        statuses: dict[str, int] = {}
+        for reply in replies:
+            for status, n in reply[3].items():
+                statuses[str(status)] = statuses.get(str(status), 0) + n
+        return {
+            "generator": f"python, {self.size} processes",
+            "connections": args.http_connections,
+            "duration_s": args.duration,
+            "requests_per_s": round(len(latencies) / args.duration, 1),
+            "p50_ms": percentile_ms(latencies, 0.5),
+            "p99_ms": percentile_ms(latencies, 0.99),
+            "errors": None if set(statuses) == {"200"} else statuses,
+            **cpu.result(),
+        }
+
+    def broadcast(self, server: Server) -> dict[str, Any]:
+        args = self.args
+        count = args.broadcast_connections
+        opened = self.open(server, count)
+        cpu = CPU(server.pid, self.pool.pids)
+        times, calls = [], []
+        try:
+            for round_ in range(args.broadcast_rounds + 1):  # round 0 is a warm-up
+                self.pool.call([("arm",)] * self.size, "armed", 30, server.alive)
+                cpu.start()
+                t0 = monotonic()
+                status, body = http_get(
+                    server.port, f"{server.target.broadcast_path}?msg=b{round_}"
+                )
+                returned = monotonic() - t0
+                if status != 200 or json.loads(body)["count"] != count:
+                    raise RuntimeError(f"broadcast call: {status} {body[:200]!r}")
+                try:
+                    replies = self.pool.receive("received", 60, server.alive)
+                except TimeoutError:
+                    missing = self.pool.call(
+                        [("missing",)] * self.size, "missing", 30, server.alive
+                    )
+                    raise RuntimeError(
+                        f"broadcast round {round_}: {sum(r[1] for r in missing)} sockets "
+                        "never received the frame"
+                    ) from None
+                cpu.stop()
+                if round_:
+                    times.append(max(r[1] for r in replies) - t0)
+                    calls.append(returned)
+                time.sleep(0.3)
+        finally:
+            self.close(server)
+        return {
+            "connections": count,
+            "rounds": args.broadcast_rounds,
+            "open_seconds": opened["seconds"],
+            "median_ms": round(1000 * statistics.median(times), 1),
+            "min_ms": round(1000 * min(times), 1),
+            "max_ms": round(1000 * max(times), 1),
+            "http_returned_median_ms": round(1000 * statistics.median(calls), 1),
+            **cpu.result(),
+        }
+
+    def memory(self, server: Server) -> dict[str, Any]:
+        args = self.args
+        self.open(server, min(100, args.idle_connections))  # warm up the code paths
+        self.close(server)
+        wait_fds(server, None)
+        time.sleep(0.5)
+        rss0, fds0 = rss_kib(server.pid), fd_count(server.pid)
+        opened = self.open(server, args.idle_connections)
+        time.sleep(2)
+        rss1 = rss_kib(server.pid)
+        aborted = self.close(server)
+        wait_fds(server, fds0)
+        return {
+            "connections": args.idle_connections,
+            "open_seconds": opened["seconds"],
+            "rss_before_mib": round(rss0 / 1024, 1),
+            "rss_with_connections_mib": round(rss1 / 1024, 1),
+            "kib_per_connection": round((rss1 - rss0) / args.idle_connections, 2),
+            "aborted_closes": aborted,
+        }
+
+    def churn(self, server: Server) -> dict[str, Any]:
+        args = self.args
+        fds0 = fd_count(server.pid)
+        rss_start = rss_kib(server.pid)
+        rounds, aborted, started = [], 0, monotonic()
+        for _ in range(args.churn_rounds):
+            self.open(server, args.churn_connections)
+            aborted += self.close(server)
+            wait_fds(server, fds0)
+            time.sleep(0.2)
+            rounds.append(round(rss_kib(server.pid) / 1024, 1))
+        return {
+            "connections": args.churn_connections,
+            "rounds": args.churn_rounds,
+            "seconds": round(monotonic() - started, 1),
+            "rss_before_mib": round(rss_start / 1024, 1),
+            "rss_after_each_round_mib": rounds,
+            "rss_first_round_mib": rounds[0],
+            "rss_last_round_mib": rounds[-1],
+            "growth_after_first_round_mib": round(rounds[-1] - rounds[0], 1),
+            "last_round_over_lowest_mib": round(rounds[-1] - min(rounds), 1),
+            "aborted_closes": aborted,
+            "fds_before_after": [fds0, fd_count(server.pid)],
+        }
+
+
+def wait_fds(server: Server, target: int | None, limit: float = 20) -> None:
+    """Until the server has closed the sockets the clients closed (or ``limit`` s)."""
+    deadline, last = monotonic() + limit, -1
+    while monotonic() < deadline:
+        now = fd_count(server.pid)
+        if (target is not None and now <= target) or (target is None and now == last):
+            return
+        last = now
+        time.sleep(0.2)
+
+
+def wrk_latency(out: str, label: str) -> float | None:
+    match = re.search(rf"^\s*{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    if not match:
+        return None
+    return round(float(match.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[match.group(2)], 3)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def run_target(
+    target: Target, bench: Bench, phases: list[str], args: Any, tmp: Path
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    steps: list[tuple[str, Callable[[Server], Any]]] = [
+        ("echo", bench.echo),
+        ("http", bench.http),
+        ("broadcast", bench.broadcast),
+    ]
+    fresh: list[tuple[str, Callable[[Server], Any]]] = [
+        ("memory", bench.memory),
+        ("churn", bench.churn),
+    ]
+    for group in (steps, fresh):  # memory and churn on a server that has seen no load yet
+        todo = [(name, step) for name, step in group if name in phases]
+        if not todo:
+            continue
+        with Server(target, args, tmp) as server:
+            for name, step in todo:
+                print(f"  {target.name}: {name} ...", flush=True)
+                try:
+                    results[name] = step(server)
+                except Exception as exc:
+                    results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                    print(f"  {target.name}: {name} failed: {exc}", flush=True)
+                    server.alive()
+            results.setdefault("server_log_warnings", 0)
+            results["server_log_warnings"] += server.output.warnings
+    return results
+
+
+ROWS: list[tuple[str, str, str, bool]] = [
+    # label, phase, key, ratio shown
+    ("echo round trips/s", "echo", "msgs_per_s", True),
+    ("echo p50 ms", "echo", "p50_ms", True),
+    ("echo p99 ms", "echo", "p99_ms", True),
+    ("  server CPU %", "echo", "server_cpu_pct", False),
+    ("  generator CPU % (all processes)", "echo", "generator_cpu_pct", False),
+    ("  rest of the machine CPU %", "echo", "other_cpu_pct", False),
+    ("HTTP hello requests/s", "http", "requests_per_s", True),
+    ("HTTP p50 ms", "http", "p50_ms", True),
+    ("HTTP p99 ms", "http", "p99_ms", True),
+    ("  server CPU %", "http", "server_cpu_pct", False),
+    ("  generator CPU %", "http", "generator_cpu_pct", False),
+    ("  rest of the machine CPU %", "http", "other_cpu_pct", False),
+    ("broadcast: all received ms (median)", "broadcast", "median_ms", True),
+    ("broadcast: HTTP call returned ms", "broadcast", "http_returned_median_ms", True),
+    ("  server CPU % (during rounds)", "broadcast", "server_cpu_pct", False),
+    ("  generator CPU % (during rounds)", "broadcast", "generator_cpu_pct", False),
+    ("  rest of the machine CPU %", "broadcast", "other_cpu_pct", False),
+    ("idle memory KiB per connection", "memory", "kib_per_connection", True),
+    ("churn: RSS after round 1 MiB", "churn", "rss_first_round_mib", True),
+    ("churn: RSS after last round MiB", "churn", "rss_last_round_mib", True),
+    ("churn: last round - lowest round MiB", "churn", "last_round_over_lowest_mib", False),
+]
+
+
+def build_table(results: dict[str, Any], phases: list[str]) -> dict[str, Any]:
+    columns = ["metric", *SERVER_NAMES, "laf-py/tornado", "laf-py/websockets"]
+    rows, ratios = [], {"laf-py/tornado": {}, "laf-py/websockets": {}}  # type: ignore[var-annotated]
+    for label, phase, key, with_ratio in ROWS:
+        if phase not in phases:
+            continue
+        values = [(results[name].get(phase) or {}).get(key) for name in SERVER_NAMES]
+        row = [label, *values]
+        for base_index, base in ((0, "tornado"), (1, "websockets")):
+            base_value, laf = values[base_index], values[2]
+            ratio = None
+            if with_ratio and isinstance(laf, int | float) and isinstance(base_value, int | float):
+                ratio = round(laf / base_value, 2) if base_value else None
+                ratios[f"laf-py/{base}"][f"{phase}.{key}"] = ratio
+            row.append(ratio)
+        rows.append(row)
+    return {"columns": columns, "rows": rows, "ratios": ratios}
+
+
+def print_table(table: dict[str, Any], args: Any) -> None:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    header = table["columns"]
+    widths = [38, 11, 11, 11, 16, 19]
+    print()
+    print(
+        f"{args.echo_connections} echo connections x {args.payload} B, {args.duration} s; "
+        f"broadcast to {args.broadcast_connections}; idle {args.idle_connections}; "
+        f"churn {args.churn_rounds} x {args.churn_connections}; "
+        f"{args.clients} generator processes"
+    )
+    print(
+        "".join(
+            f"{h:<{w}}" if i == 0 else f"{h:>{w}}"
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    )
+    for row in table["rows"]:
+        cells = [cell(v) for v in row]
+        print(
+            "".join(
+                f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+        )
+
+
+def raise_fd_limit(needed: int) -> int:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))  # inherited by every child
+    if limit < needed:
+        sys.exit(f"compare: the open-files hard limit is {limit}; this run needs about {needed}")
+    return limit
+
+
+def versions() -> dict[str, Any]:
+    import tornado
+    import websockets
+
+    root = HERE.parent
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--short", "laf_py"], capture_output=True, text=True)
+    wrk = shutil.which("wrk")
+    wrk_version = None
+    if wrk:
+        out = subprocess.run([wrk, "-v"], capture_output=True, text=True)
+        wrk_version = (out.stdout + out.stderr).split("\n")[0].strip()
+    return {
+        "python": platform.python_version(),
+        "tornado": tornado.version,
+        "websockets": websockets.__version__,
+        "wrk": wrk_version,
+        "cpus": os.cpu_count(),
+        "laf_py_commit": head.stdout.strip(),
+        "laf_py_uncommitted_changes": bool(dirty.stdout.strip()),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny loads (the smoke test)")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per echo/HTTP load")
+    parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases")
+    parser.add_argument("--servers", default=",".join(SERVER_NAMES))
+    parser.add_argument("--clients", type=int, default=2, help="generator processes")
+    parser.add_argument("--echo-connections", type=int, default=50)
+    parser.add_argument("--payload", type=int, default=64)
+    parser.add_argument("--http-connections", type=int, default=50)
+    parser.add_argument("--python-http", action="store_true", help="do not use wrk")
+    parser.add_argument("--broadcast-connections", type=int, default=5000)
+    parser.add_argument("--broadcast-rounds", type=int, default=5)
+    parser.add_argument("--idle-connections", type=int, default=9000)
+    parser.add_argument("--churn-connections", type=int, default=5000)
+    parser.add_argument("--churn-rounds", type=int, default=10)
+    parser.add_argument("--laf-log-level", default="warning")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "compare.json")
+    args = parser.parse_args()
+    args.warmup = 1.0
+    if args.quick:
+        args.duration, args.warmup = 1.0, 0.3
+        args.echo_connections = args.http_connections = 4
+        args.broadcast_connections, args.broadcast_rounds = 50, 2
+        args.idle_connections, args.churn_connections, args.churn_rounds = 100, 50, 3
+    phases = [p for p in args.only.split(",") if p]
+    servers = [t for t in TARGETS if t.name in args.servers.split(",")]
+    if unknown := set(phases) - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    peak = max(args.idle_connections, args.broadcast_connections, args.churn_connections)
+    raise_fd_limit(peak + 1000)
+    meta = {"args": {k: str(v) for k, v in vars(args).items()}, **versions()}
+    results: dict[str, Any] = {name: {} for name in SERVER_NAMES}
+    pool = Pool(args.clients)
+    try:
+        bench = Bench(pool, args)
+        with tempfile.TemporaryDirectory(prefix="laf-compare-") as tmp:
+            for target in servers:
+                print(f"{target.name} ...", flush=True)
+                results[target.name] = run_target(target, bench, phases, args, Path(tmp))
+    finally:
+        pool.stop()
+    table = build_table(results, phases)
+    print_table(table, args)
+    report = {
+        "meta": meta,
+        "results": results,
+        "ratios": table["ratios"],
+        "table": {"columns": table["columns"], "rows": table["rows"]},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {args.output}")
+    failed = [
+        f"{name}.{phase}"
+        for name, phases_ in results.items()
+        for phase, value in phases_.items()
+        if isinstance(value, dict) and "error" in value
+    ]
+    if failed:
+        print("failed: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit("compare: interrupted; the servers and the generator were stopped")

@@ -1,0 +1,49 @@
+"""Smoke test of the benchmark harness: ``bench/compare.py --quick`` runs end to end.
+
+Only that it completes and writes the expected JSON; benchmarks are not tests, so nothing
+here looks at a number.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("echo", "http", "broadcast", "memory", "churn")
+
+
+@pytest.mark.timeout(90)
+def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
+    output = tmp_path / "compare.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare.py"), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert set(report) >= {"meta", "results", "ratios", "table"}
+    assert set(report["results"]) == {"tornado", "websockets", "laf-py"}
+    for name, phases in report["results"].items():
+        for phase in PHASES:
+            if name == "websockets" and phase == "http":
+                assert phases[phase] is None  # not an HTTP framework
+                continue
+            assert "error" not in phases[phase], (name, phase, phases[phase])
+    laf = report["results"]["laf-py"]
+    assert {"msgs_per_s", "p50_ms", "p99_ms", "server_cpu_pct", "generator_cpu_pct"} <= set(
+        laf["echo"]
+    )
+    assert {"requests_per_s", "p50_ms", "p99_ms"} <= set(laf["http"])
+    assert {"median_ms", "connections"} <= set(laf["broadcast"])
+    assert "kib_per_connection" in laf["memory"]
+    assert len(laf["churn"]["rss_after_each_round_mib"]) == laf["churn"]["rounds"]
+    assert {"laf-py/tornado", "laf-py/websockets"} == set(report["ratios"])
+    assert "laf-py" in done.stdout and "laf-py/tornado" in done.stdout
