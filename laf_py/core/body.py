@@ -25,7 +25,7 @@ def split_content_type(header: str) -> tuple[str, dict[str, str]]:
 
 def parse_query(query: str) -> dict[str, str]:
     """A query string as a dict; for a repeated key the last value wins."""
-    return dict(parse_qsl(query, keep_blank_values=True))
+    return dict(parse_qsl(query, keep_blank_values=True)) if query else {}
 
 
 def parse_body(content_type: str, raw: bytes) -> Any:

@@ -174,7 +174,10 @@ def drain_limit(max_body_size: int) -> int:
 def name_from_path(path: str) -> str | None:
     """``/fn/user/profile`` → ``"user/profile"``. Each segment is percent-decoded on its own,
     so an encoded slash (``%2F``) is data, not a separator, and names no function."""
-    segments = path.removeprefix(PREFIX).split("/")
+    raw = path.removeprefix(PREFIX)
+    if "%" not in raw:
+        return raw  # nothing encoded: the common case, with nothing to decode
+    segments = raw.split("/")
     try:
         names = [unquote(segment, errors="strict") for segment in segments]
     except UnicodeDecodeError:
