@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import os
 import re
 import signal
@@ -53,6 +54,27 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {condition}")
         await asyncio.sleep(interval)
+
+
+def decoded(frame: str | bytes) -> Any:
+    """A WebSocket frame as JSON when it is JSON, else as it came."""
+    try:
+        return json.loads(frame)
+    except ValueError:
+        return frame
+
+
+async def frame_matching(ws: Any, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+    """Read frames until one (JSON-decoded when it is JSON) satisfies ``predicate``; frames
+    that come in between (presence broadcasts, say) are skipped."""
+
+    async def read() -> Any:
+        while True:
+            value = decoded(await ws.recv())
+            if predicate(value):
+                return value
+
+    return await asyncio.wait_for(read(), timeout)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import EXAMPLES, start_cli, wait_until, write_function
+from .conftest import EXAMPLES, frame_matching, start_cli, wait_until, write_function
 
 SECRET = "cluster-tests-" + "k" * 40
 HEARTBEAT = 1.0  # for tests that do not wait for a node to be declared dead
@@ -635,23 +635,6 @@ async def test_kv_written_on_one_node_is_read_on_another(
 
 
 # -- the repository's examples, unchanged, on two nodes --------------------------------------------
-
-
-async def frame_matching(ws: Any, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-    """Read frames until one (JSON-decoded when it is JSON) satisfies ``predicate``; the
-    examples broadcast presence frames that may come in between."""
-
-    async def read() -> Any:
-        while True:
-            frame = await ws.recv()
-            try:
-                value = json.loads(frame)
-            except ValueError:
-                value = frame
-            if predicate(value):
-                return value
-
-    return await asyncio.wait_for(read(), timeout)
 
 
 def of_type(kind: str) -> Callable[[Any], bool]:

@@ -10,7 +10,6 @@ query string and waits for its access-log line.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,13 @@ import httpx
 import pytest
 import websockets
 
-from .conftest import CliServer, service_missing, wait_until, write_function
+from .conftest import (
+    CliServer,
+    frame_matching,
+    service_missing,
+    wait_until,
+    write_function,
+)
 
 SECRET = "faults-" + "s" * 40
 PASSWORD = "hunter2-not-for-logs"
@@ -241,25 +246,6 @@ async def private_redis(
         service_missing(f"redis-server did not answer on port {server.port}")
     yield server
     server.kill()
-
-
-def decoded(frame: str | bytes) -> Any:
-    try:
-        return json.loads(frame)
-    except ValueError:
-        return frame
-
-
-async def frame_matching(ws: Any, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-    """Read frames until one (JSON-decoded when it is JSON) satisfies ``predicate``."""
-
-    async def read() -> Any:
-        while True:
-            value = decoded(await ws.recv())
-            if predicate(value):
-                return value
-
-    return await asyncio.wait_for(read(), timeout)
 
 
 class Node:

@@ -11,8 +11,6 @@ look for a frame by its content rather than by its position.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,26 +23,10 @@ import websockets
 
 from laf_py import cloud
 
-from .conftest import EXAMPLES, wait_until
+from .conftest import EXAMPLES, frame_matching, wait_until
 
 SECRET = "flows-" + "s" * 40
 GREETING = "Connection established, your userID is: "
-
-
-async def frame_matching(ws: Any, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-    """Read frames until one (JSON-decoded when it is JSON) satisfies ``predicate``."""
-
-    async def read() -> Any:
-        while True:
-            frame = await ws.recv()
-            try:
-                value = json.loads(frame)
-            except ValueError:
-                value = frame
-            if predicate(value):
-                return value
-
-    return await asyncio.wait_for(read(), timeout)
 
 
 def is_greeting(frame: Any) -> bool:

@@ -26,7 +26,15 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import EXAMPLES, REDIS_URL, CliServer, wait_until, write_function
+from .conftest import (
+    EXAMPLES,
+    REDIS_URL,
+    CliServer,
+    decoded,
+    frame_matching,
+    wait_until,
+    write_function,
+)
 
 SECRET = "workers-" + "s" * 40
 ADMIN_TOKEN = "workers-admin-token"
@@ -186,25 +194,6 @@ def workers(start_workers, folder: Path, sqlite_url: str) -> CliServer:
 
 
 # -- clients ------------------------------------------------------------------------------------
-
-
-def decoded(frame: str | bytes) -> Any:
-    try:
-        return json.loads(frame)
-    except ValueError:
-        return frame
-
-
-async def frame_matching(ws: Any, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-    """Read frames until one (JSON-decoded when it is JSON) satisfies ``predicate``."""
-
-    async def read() -> Any:
-        while True:
-            value = decoded(await ws.recv())
-            if predicate(value):
-                return value
-
-    return await asyncio.wait_for(read(), timeout)
 
 
 async def frames_until(ws: Any, last: Any, timeout: float = 5.0) -> list[Any]:

@@ -198,23 +198,19 @@ class RedisBus:
 
     async def user_joined(self, user_id: str) -> bool:
         """Record that this node holds ``user_id``; True if no node held them before."""
-        keys = [f"{self._prefix}:unodes:{user_id}", f"{self._prefix}:nusers:{self.node_id}"]
-        try:
-            count = await self._redis.eval(scripts.JOIN, 2, *keys, self.node_id, user_id)
-        except _FAILURES as exc:
-            self._lose(exc)
-            return True  # cannot tell: report what this node saw
-        return bool(count)
+        return await self._presence_change(scripts.JOIN, user_id)
 
     async def user_left(self, user_id: str) -> bool:
         """Record that this node no longer holds ``user_id``; True if no node holds them now."""
+        return await self._presence_change(scripts.LEAVE, user_id)
+
+    async def _presence_change(self, script: str, user_id: str) -> bool:
         keys = [f"{self._prefix}:unodes:{user_id}", f"{self._prefix}:nusers:{self.node_id}"]
         try:
-            count = await self._redis.eval(scripts.LEAVE, 2, *keys, self.node_id, user_id)
+            return bool(await self._redis.eval(script, 2, *keys, self.node_id, user_id))
         except _FAILURES as exc:
             self._lose(exc)
-            return True
-        return bool(count)
+            return True  # cannot tell: report what this node saw
 
     async def is_online(self, user_id: str) -> bool:
         keys = [self._nodes, f"{self._prefix}:unodes:{user_id}"]

@@ -34,7 +34,6 @@ __all__ = ["FunctionSocketHandler"]
 
 log = logging.getLogger("laf_py")
 
-GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 SLOW_CONSUMER = 1008
 INTERNAL_ERROR = 1011
