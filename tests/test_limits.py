@@ -32,6 +32,7 @@ from laf_py import cloud
 from laf_py.config import Settings
 from laf_py.core import flood
 from laf_py.core.flood import FloodGuard
+from laf_py.server.keepalive import Keepalive
 
 from .conftest import run_to_exit, wait_until, write_function
 
@@ -174,6 +175,16 @@ class RawClient:
         elif length == 127:
             (length,) = struct.unpack("!Q", await self._read_exactly(8))
         return first & 0x0F, await self._read_exactly(length)
+
+    async def at_eof(self) -> bool:
+        """True once the server has closed the TCP connection with nothing more to read."""
+        if self._buffer:
+            return False
+        try:
+            chunk = await asyncio.wait_for(self._loop.sock_recv(self.sock, 65536), 5)
+        except ConnectionResetError:
+            return True
+        return chunk == b""
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
         """One final frame, masked as a client must."""
@@ -587,15 +598,15 @@ async def test_slow_consumer_is_closed_and_others_get_every_broadcast(
 
 async def test_client_that_never_answers_pings_is_closed(serve, functions_dir: Path):
     """ping 0.2 s / timeout 0.2 s: a client that neither reads nor writes after the handshake
-    (so never pongs) is closed by the server and its close event runs; so is one that reads
-    but never pongs (it sees the server's close frame)."""
+    (so never pongs) is dropped and its close event runs with 1011 "ping timeout"; one that
+    reads but never pongs sees pings, then that close frame, then the end of the stream (the
+    server does not wait for its answer)."""
     write_function(functions_dir, "__websocket__", WEBSOCKET)
     async with serve(functions_dir, ping_interval=0.2, ping_timeout=0.2) as server:
         port = server.server.port
         async with raw_client(port), raw_client(port) as mute:
             await wait_until(lambda: len(opened()) == 2)
             dead_id, mute_id = opened()
-            # The one that reads: pings, then a close frame; it never answers any of them.
             pings = 0
             while True:
                 opcode, payload = await mute.read_frame()
@@ -605,11 +616,13 @@ async def test_client_that_never_answers_pings_is_closed(serve, functions_dir: P
                 assert opcode == CLOSE, (opcode, payload)
                 break
             assert pings >= 1
-            mute.close()  # not answering the close either: just go
+            assert payload == struct.pack("!H", 1011) + b"ping timeout"
+            assert await mute.at_eof()  # dropped, though it never answered the close frame
             await wait_until(lambda: mute_id in closed())
+            assert closed()[mute_id] == [{"code": 1011, "reason": "ping timeout"}]
             # The one that does nothing at all is dropped too, and its close event runs.
-            await wait_until(lambda: dead_id in closed(), timeout=10)
-            assert len(closed()[dead_id]) == 1
+            await wait_until(lambda: dead_id in closed())
+            assert closed()[dead_id] == [{"code": 1011, "reason": "ping timeout"}]
             await wait_until(lambda: server.server.activity.connections == 0)
             assert len(cloud.sockets) == 0
 
@@ -812,3 +825,38 @@ async def test_limits_from_the_environment_reach_the_cli_server(cli_server, func
         )
         assert refused.status_code == 413
         assert refused.json()["error"] == f"Body larger than {512 * 1024} bytes"
+
+
+class FakeConnection:
+    """A Pingable that records its pings and may answer them."""
+
+    def __init__(self, keepalive: Keepalive, answers: bool) -> None:
+        self.keepalive, self.answers = keepalive, answers
+        self.pings = 0
+        self.timed_out = asyncio.get_running_loop().create_future()
+
+    def write_frame(self, frame: bytes) -> Any:
+        assert frame == b"\x89\x00"
+        self.pings += 1
+        if self.answers:
+            self.keepalive.answered(self)
+        return True
+
+    def ping_timed_out(self) -> None:
+        self.timed_out.set_result(self.pings)
+        self.keepalive.discard(self)
+
+
+async def test_keepalive_pings_everyone_from_one_timer_and_stops_when_idle():
+    keepalive = Keepalive(interval=0.02, timeout=0.01)
+    quiet, talker = FakeConnection(keepalive, False), FakeConnection(keepalive, True)
+    keepalive.add(quiet)
+    keepalive.add(talker)
+    assert await asyncio.wait_for(quiet.timed_out, 5) == 1  # dropped after its first ping
+    await wait_until(lambda: talker.pings >= 3)
+    assert not talker.timed_out.done()
+    keepalive.discard(talker)
+    assert keepalive._timers == []  # no connections, no timers
+    keepalive.add(talker)  # and a new connection starts them again
+    await wait_until(lambda: talker.pings >= 4)
+    keepalive.stop()

@@ -39,15 +39,26 @@ class Socket:
     does nothing and reports 0.
     """
 
-    __slots__ = ("__weakref__", "_closed", "_registry", "_transport", "_user_id", "id", "state")
+    __slots__ = ("__weakref__", "_closed", "_registry", "_state", "_transport", "_user_id", "id")
 
     def __init__(self, socket_id: str, transport: Transport, registry: SocketRegistry) -> None:
         self.id = socket_id
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
         self._transport = transport
         self._registry = registry
         self._user_id: str | None = None
         self._closed = False
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A dict for your functions' own data about this connection."""
+        if self._state is None:
+            self._state = {}  # made on first use: most connections never need one
+        return self._state
+
+    @state.setter
+    def state(self, state: dict[str, Any]) -> None:
+        self._state = state
 
     @property
     def user_id(self) -> str | None:

@@ -8,10 +8,12 @@ from typing import Any
 
 from . import jsoncodec
 
-__all__ = ["BINARY", "TEXT", "encode_frame", "encode_payload", "frame"]
+__all__ = ["BINARY", "PING", "TEXT", "close_frame", "encode_frame", "encode_payload", "frame"]
 
 TEXT = 0x1
 BINARY = 0x2
+CLOSE = 0x8
+PING_OPCODE = 0x9
 _FIN = 0x80
 
 
@@ -40,3 +42,13 @@ def frame(opcode: int, payload: bytes) -> bytes:
 
 def encode_frame(message: Any) -> bytes:
     return frame(*encode_payload(message))
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """A close frame; the reason is cut to fit the 125 bytes a control frame may carry."""
+    reason_bytes = reason.encode()[:123].decode("utf-8", "ignore").encode()  # whole characters
+    payload = struct.pack("!H", code) + reason_bytes
+    return frame(CLOSE, payload)
+
+
+PING = frame(PING_OPCODE, b"")  # the same empty ping for every connection

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["Activity"]
+__all__ = ["Activity", "Connection"]
+
+
+class Connection(Protocol):
+    def abort(self, code: int, reason: str) -> None:
+        """End the connection at shutdown."""
 
 
 class Activity:
@@ -13,7 +18,7 @@ class Activity:
         self.draining = False
         self.requests = 0
         self.connections = 0
-        self._connections: dict[Callable[[int, str], None], None] = {}  # ordered set
+        self._connections: dict[Connection, None] = {}  # an ordered set
         self._changed = asyncio.Event()
 
     def begin_request(self) -> None:
@@ -23,21 +28,21 @@ class Activity:
         self.requests -= 1
         self._changed.set()
 
-    def begin_connection(self, close: Callable[[int, str], None]) -> None:
-        """A WebSocket connection opened; ``close(code, reason)`` ends it at shutdown."""
-        self._connections[close] = None
+    def begin_connection(self, connection: Connection) -> None:
+        """A WebSocket connection opened."""
+        self._connections[connection] = None
         self.connections += 1
 
-    def end_connection(self, close: Callable[[int, str], None]) -> None:
+    def end_connection(self, connection: Connection) -> None:
         """A connection closed and its ``close`` event has finished."""
-        self._connections.pop(close, None)
+        self._connections.pop(connection, None)
         self.connections -= 1
         self._changed.set()
 
     def close_connections(self, code: int, reason: str) -> None:
         """Close every connection, accepted or still in its ``connection`` event."""
-        for close in list(self._connections):
-            close(code, reason)
+        for connection in list(self._connections):
+            connection.abort(code, reason)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is in flight; False if ``timeout`` ran out first."""

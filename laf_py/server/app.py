@@ -13,6 +13,7 @@ from ..runtime import Runtime
 from .activity import Activity
 from .base import BaseHandler, NotFoundHandler
 from .http import PREFIX, FunctionHandler, HealthHandler
+from .keepalive import Keepalive
 from .websocket import FunctionSocketHandler
 
 __all__ = ["make_app"]
@@ -48,13 +49,13 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
-def make_app(runtime: Runtime, activity: Activity) -> tornado.web.Application:
+def make_app(runtime: Runtime, activity: Activity, keepalive: Keepalive) -> tornado.web.Application:
     deps = {"runtime": runtime, "activity": activity}
     settings = runtime.settings
     return tornado.web.Application(
         [
             (rf"{PREFIX}(.*)", FunctionHandler, deps),
-            (r"/__websocket__", FunctionSocketHandler, deps),
+            (r"/__websocket__", FunctionSocketHandler, {**deps, "keepalive": keepalive}),
             (r"/_/healthz", HealthHandler, deps),
             (r"/", IndexHandler, deps),
         ],
@@ -62,6 +63,5 @@ def make_app(runtime: Runtime, activity: Activity) -> tornado.web.Application:
         default_handler_args=deps,
         log_function=log_request,
         websocket_max_message_size=settings.max_message_size,  # larger: close 1009
-        websocket_ping_interval=settings.ping_interval,
-        websocket_ping_timeout=settings.ping_timeout,
+        # No websocket_ping_interval: Keepalive pings every connection from one timer.
     )

@@ -17,6 +17,7 @@ from ..runtime import Runtime, StartupError
 from .activity import Activity
 from .app import make_app
 from .http import drain_limit
+from .keepalive import Keepalive
 
 __all__ = ["Server", "serve"]
 
@@ -32,6 +33,7 @@ class Server:
         self.settings = settings.validated()
         self.runtime = Runtime(self.settings)
         self.activity = Activity()
+        self.keepalive = Keepalive(self.settings.ping_interval, self.settings.ping_timeout)
         self._http: tornado.httpserver.HTTPServer | None = None
         self._listeners: list[socket.socket] = []
 
@@ -57,7 +59,7 @@ class Server:
             await self.runtime.stop()
             raise
         self._http = tornado.httpserver.HTTPServer(
-            make_app(self.runtime, self.activity),
+            make_app(self.runtime, self.activity, self.keepalive),
             # X-Real-Ip / X-Forwarded-For only from a proxy we are told to trust: a client
             # could otherwise claim any address.
             xheaders=self.settings.trust_proxy_headers,
@@ -87,6 +89,7 @@ class Server:
             # can still be called; wait a moment for those events, not for hung calls.
             self.activity.close_connections(1001, SHUTDOWN_REASON)
             await self.activity.wait_idle(min(grace, 1.0))
+        self.keepalive.stop()
         if self._http is not None:
             await self._http.close_all_connections()
         await self.runtime.stop()

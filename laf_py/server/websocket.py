@@ -29,6 +29,7 @@ from ..exceptions import HTTPError
 from ..runtime import Runtime
 from .activity import Activity
 from .base import INVALID_TOKEN, BaseHandler
+from .keepalive import Keepalive
 
 __all__ = ["FunctionSocketHandler"]
 
@@ -37,21 +38,42 @@ log = logging.getLogger("laf_py")
 POLICY_VIOLATION = 1008
 SLOW_CONSUMER = 1008
 INTERNAL_ERROR = 1011
+PING_TIMEOUT = 1011  # as the websockets library does
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 
 
 class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     """One WebSocket connection. It is also the connection's Transport for ``Socket``."""
 
-    socket: Socket | None = None
+    # Tornado's handler has 27 instance attributes; CPython shares the keys of instance dicts
+    # only up to 29, and past that every idle connection would pay 1.3 KiB for its own dict.
+    # So laf-py keeps its fields in slots.
+    __slots__ = (
+        "_flood",
+        "_query",
+        "_rejected",
+        "_server_close",
+        "_stream",
+        "_user",
+        "activity",
+        "keepalive",
+        "runtime",
+        "socket",
+    )
 
-    def initialize(self, runtime: Runtime, activity: Activity) -> None:
+    # Tornado gives each route its own keyword arguments; this route has one more.
+    def initialize(  # type: ignore[override]
+        self, runtime: Runtime, activity: Activity, keepalive: Keepalive
+    ) -> None:
         BaseHandler.initialize(self, runtime, activity)
+        self.keepalive = keepalive
+        self.socket: Socket | None = None
         self._query: dict[str, str] = {}
         self._user: dict[str, Any] | None = None
         self._rejected = False
         self._stream: IOStream | None = None
         self._server_close: tuple[int, str] | None = None  # why the server closed it
+        self._flood: FloodGuard | None = None
 
     # -- before the upgrade: plain HTTP errors ---------------------------------------------
 
@@ -79,8 +101,10 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         self._stream = self.ws_connection.stream
         assert self._stream is not None
         self._stream.max_write_buffer_size = self.runtime.settings.max_send_buffer
-        self._flood = FloodGuard(self.runtime.settings.max_messages_per_second)
-        self.activity.begin_connection(self.abort)
+        rate = self.runtime.settings.max_messages_per_second
+        self._flood = FloodGuard(rate) if rate else None
+        self.activity.begin_connection(self)
+        self.keepalive.add(self)
         self._query = bodies.parse_query(self.request.query)
         self.socket = socket = self.runtime.sockets.open(self, user_id_of(self._user))
         ctx = self._context(WS_CONNECTION, {})
@@ -104,8 +128,8 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self._rejected or self.socket is None:
             return
-        if not self._flood.allows():
-            return self._refuse_flood()
+        if self._flood is not None and not self._flood.allows():
+            return self._refuse_flood(self._flood)
         params = {"data": message, "is_binary": isinstance(message, bytes)}
         ctx = self._context(WS_MESSAGE, params)
         try:
@@ -114,9 +138,13 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
             _, error = report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
             self._send_error_frame(error, ctx.request_id)
 
+    def on_pong(self, data: bytes) -> None:
+        self.keepalive.answered(self)
+
     def on_close(self) -> None:
         # Tornado (6.4+) calls this once, from its frame-reading loop, and only after the
         # open() or on_message() in flight has returned: close really is the last event.
+        self.keepalive.discard(self)
         socket = self.socket
         if socket is None:  # the upgrade never completed
             return
@@ -126,7 +154,7 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if code is None and self._server_close is not None:
             code, reason = self._server_close
         task = asyncio.ensure_future(self._close_event(code, reason))
-        task.add_done_callback(lambda _: self.activity.end_connection(self.abort))
+        task.add_done_callback(lambda _: self.activity.end_connection(self))
 
     async def _close_event(self, code: int | None, reason: str) -> None:
         if self._rejected:  # a connection that was never accepted has no close event
@@ -161,8 +189,18 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         # connection now, so it leaves cloud.sockets (and its user's presence) at once.
         stream.close()
 
-    def _refuse_flood(self) -> None:
-        if self._flood.persists():
+    def ping_timed_out(self) -> None:
+        """For Keepalive: no pong in time. Say why in a close frame (a client that reads but
+        does not answer pings sees it), then drop the connection without waiting for the
+        client's reply, which is not coming."""
+        if self._server_close is None:
+            self._server_close = (PING_TIMEOUT, "ping timeout")
+        self.write_frame(frames.close_frame(PING_TIMEOUT, "ping timeout"))  # unless closing
+        if self._stream is not None:
+            self._stream.close()
+
+    def _refuse_flood(self, flood: FloodGuard) -> None:
+        if flood.persists():
             self._server_close = (POLICY_VIOLATION, "too many messages")
             self.close(POLICY_VIOLATION, "too many messages")
         else:
