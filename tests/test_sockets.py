@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+import websockets.sync.client
 
 from laf_py import Socket, cloud
 
@@ -418,3 +419,38 @@ async def test_socket_state_persists_across_events(serve, folder: Path):
         assert await recv_json(b) == {"count": 1}
         await a.close()
         await b.close()
+
+
+# -- the write path ----------------------------------------------------------------------------
+
+# On "go": 300 numbered messages without awaiting, alternating 200 KiB and 10-byte ones, so the
+# kernel's buffer fills mid-frame and later small frames must queue behind the unsent rest.
+BURST = """
+async def main(ctx):
+    if ctx.method == "WebSocket:message" and ctx.params["data"] == "go":
+        for i in range(300):
+            size = 200 * 1024 if i % 2 else 10
+            ctx.socket.send(i.to_bytes(4, "big") + bytes([i % 251]) * (size - 4))
+"""
+
+
+async def test_frames_arrive_whole_and_in_order_when_the_kernel_buffer_fills(
+    serve, functions_dir: Path
+):
+    """Frames go straight to the kernel while nothing is queued and through Tornado's buffer
+    otherwise; either way they arrive whole and in the order they were sent. The client reads
+    from another thread, so the kernel's buffer drains while the burst is being written."""
+    write_function(functions_dir, "__websocket__", BURST)
+    buffer = 64 * 1024 * 1024  # room for the whole 30 MB burst: no slow-consumer drop here
+
+    def read_burst(url: str) -> list[bytes]:
+        with websockets.sync.client.connect(url, max_size=None) as ws:
+            ws.send("go")
+            return [bytes(ws.recv(timeout=10)) for _ in range(300)]
+
+    async with serve(functions_dir, max_send_buffer=buffer) as server:
+        messages = await asyncio.to_thread(read_burst, server.ws_url)
+    for i, message in enumerate(messages):
+        assert int.from_bytes(message[:4], "big") == i
+        assert len(message) == (200 * 1024 if i % 2 else 10)
+        assert message[4:] == bytes([i % 251]) * (len(message) - 4)

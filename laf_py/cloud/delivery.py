@@ -10,9 +10,22 @@ import threading
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["Delivery", "LoopBridge"]
+__all__ = ["WRITTEN", "Delivery", "LoopBridge"]
 
 T = TypeVar("T")
+
+
+class _Written:
+    """What a write that went straight to the kernel gives to await: nothing to wait for."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that finishes at once
+
+
+WRITTEN: Awaitable[None] = _Written()
 
 
 class Delivery:
