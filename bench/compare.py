@@ -1,10 +1,13 @@
 """laf-py against a plain Tornado app and a websockets-library server, same run, same generator.
 
-    python bench/compare.py [--quick] [--duration 10] [--only echo,http,broadcast,memory,churn]
-                            [--clients 2]
+    python bench/compare.py [--quick] [--rounds 3] [--duration 5] [--clients 2]
+                            [--only echo,http,broadcast,memory,churn]
 
-Starts each server in turn (bench/baselines/tornado_app.py, bench/baselines/websockets_app.py,
-then ``laf-py serve`` on bench/compare_functions), drives it with bench/loadgen.py and stops it:
+Starts the servers (bench/baselines/tornado_app.py, bench/baselines/websockets_app.py and
+``laf-py serve`` on bench/compare_functions) and drives them with bench/loadgen.py. The machine
+is shared and its speed moves, so the loaded phases run in ``--rounds`` rounds: in each round
+every server takes the phase in turn (the order rotates), the table shows medians, and each
+ratio is the median of the ratios measured within one round.
 
 - echo: ``--echo-connections`` WebSockets (50) in a closed loop, 64 B text messages, for
   ``--duration`` s after a warm-up: echo round trips per second, p50/p99 latency;
@@ -13,9 +16,9 @@ then ``laf-py serve`` on bench/compare_functions), drives it with bench/loadgen.
   not an HTTP framework;
 - broadcast: ``--broadcast-connections`` sockets (5000), one HTTP call that broadcasts a short
   text frame, time from sending that call until every socket has the frame; the median of
-  ``--broadcast-rounds`` rounds after one warm-up round;
-- memory (a fresh server): RSS before and after opening ``--idle-connections`` (9000) idle
-  sockets, per connection;
+  ``--broadcast-rounds`` broadcasts after one warm-up;
+- memory (a fresh server, once): RSS before and after opening ``--idle-connections`` (9000)
+  idle sockets, per connection;
 - churn (the same fresh server, after memory): ``--churn-rounds`` (10) rounds of opening and
   closing ``--churn-connections`` (5000) sockets; RSS after each round.
 
@@ -24,13 +27,14 @@ generator processes over the measured window, to show which one saturates. laf-p
 ``--reload false --max-messages-per-second 0 --max-connections 20000 --log-level warning``
 (at the default ``info`` level it writes an access line per HTTP call, which the plain Tornado
 app does not; ``--laf-log-level info`` measures that). Prints a table of absolute numbers and
-laf-py/baseline ratios and writes bench/results/compare.json. ``--quick`` is a tiny load for
-the smoke test. Benchmarks, not tests: nothing here asserts a speed.
-"""
+laf-py/baseline ratios and writes bench/results/compare.json (every round included).
+``--quick`` is a tiny load for the smoke test. Benchmarks, not tests: nothing here asserts a
+speed."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -256,6 +260,7 @@ def sleep_until(when: float) -> None:
 class Bench:
     def __init__(self, pool: Pool, args: Any) -> None:
         self.pool, self.args, self.size = pool, args, len(pool.pids)
+        self.warnings = dict.fromkeys(SERVER_NAMES, 0)  # WARNING/ERROR lines in server logs
 
     def open(self, server: Server, count: int) -> dict[str, Any]:
         commands = [
@@ -500,35 +505,74 @@ def wrk_latency(out: str, label: str) -> float | None:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def run_target(
-    target: Target, bench: Bench, phases: list[str], args: Any, tmp: Path
-) -> dict[str, Any]:
+LOADED_PHASES = ("echo", "http", "broadcast")
+FRESH_PHASES = ("memory", "churn")
+
+
+def run_step(server: Server, name: str, step: Callable[[Server], Any]) -> Any:
+    try:
+        return step(server)
+    except Exception as exc:
+        print(f"  {server.target.name}: {name} failed: {exc}", flush=True)
+        server.alive()
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def run_loaded(
+    targets: list[Target], bench: Bench, phases: list[str], args: Any, tmp: Path
+) -> dict[str, dict[str, list[Any]]]:
+    """Echo, HTTP and broadcast, in ``--rounds`` rounds. Every server is started at once (an
+    idle one costs nothing); each round runs each phase on every server in turn, the order
+    rotated between rounds, so a busy moment of the shared machine falls on all of them."""
+    steps = {"echo": bench.echo, "http": bench.http, "broadcast": bench.broadcast}
+    todo = [name for name in LOADED_PHASES if name in phases]
+    rounds: dict[str, dict[str, list[Any]]] = {t.name: {p: [] for p in todo} for t in targets}
+    if not todo:
+        return rounds
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(Server(target, args, tmp)) for target in targets]
+        for number in range(args.rounds):
+            shift = number % len(servers)
+            order = servers[shift:] + servers[:shift]
+            for name in todo:
+                for server in order:
+                    print(f"  round {number + 1}: {server.target.name} {name} ...", flush=True)
+                    rounds[server.target.name][name].append(run_step(server, name, steps[name]))
+        for server in servers:
+            bench.warnings[server.target.name] += server.output.warnings
+    return rounds
+
+
+def run_fresh(target: Target, bench: Bench, phases: list[str], args: Any, tmp: Path) -> Any:
+    """Memory, then churn, on a server that has seen no load yet."""
+    steps = {"memory": bench.memory, "churn": bench.churn}
     results: dict[str, Any] = {}
-    steps: list[tuple[str, Callable[[Server], Any]]] = [
-        ("echo", bench.echo),
-        ("http", bench.http),
-        ("broadcast", bench.broadcast),
-    ]
-    fresh: list[tuple[str, Callable[[Server], Any]]] = [
-        ("memory", bench.memory),
-        ("churn", bench.churn),
-    ]
-    for group in (steps, fresh):  # memory and churn on a server that has seen no load yet
-        todo = [(name, step) for name, step in group if name in phases]
-        if not todo:
-            continue
+    todo = [name for name in FRESH_PHASES if name in phases]
+    if todo:
         with Server(target, args, tmp) as server:
-            for name, step in todo:
+            for name in todo:
                 print(f"  {target.name}: {name} ...", flush=True)
-                try:
-                    results[name] = step(server)
-                except Exception as exc:
-                    results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-                    print(f"  {target.name}: {name} failed: {exc}", flush=True)
-                    server.alive()
-            results.setdefault("server_log_warnings", 0)
-            results["server_log_warnings"] += server.output.warnings
+                results[name] = run_step(server, name, steps[name])
+            bench.warnings[target.name] += server.output.warnings
     return results
+
+
+def summarize(rounds: list[Any]) -> Any:
+    """One phase's rounds → the median of each number, every round kept under "per_round"."""
+    if not rounds or any(r is None for r in rounds):
+        return None
+    if errors := [r["error"] for r in rounds if "error" in r]:
+        return {"error": errors[0], "per_round": rounds}
+    summary: dict[str, Any] = {}
+    for key, first in rounds[0].items():
+        values = [r.get(key) for r in rounds]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(numbers) == len(values) and len(values) > 1:
+            summary[key] = round(statistics.median(numbers), 2)
+        else:
+            summary[key] = first
+    summary["per_round"] = rounds
+    return summary
 
 
 ROWS: list[tuple[str, str, str, bool]] = [
@@ -558,22 +602,34 @@ ROWS: list[tuple[str, str, str, bool]] = [
 
 
 def build_table(results: dict[str, Any], phases: list[str]) -> dict[str, Any]:
+    """Absolute numbers are medians over the rounds; a ratio is the median of the ratios
+    within each round, so a server is only ever compared with one measured beside it."""
     columns = ["metric", *SERVER_NAMES, "laf-py/tornado", "laf-py/websockets"]
     rows, ratios = [], {"laf-py/tornado": {}, "laf-py/websockets": {}}  # type: ignore[var-annotated]
     for label, phase, key, with_ratio in ROWS:
         if phase not in phases:
             continue
-        values = [(results[name].get(phase) or {}).get(key) for name in SERVER_NAMES]
-        row = [label, *values]
+        phase_results = [results[name].get(phase) or {} for name in SERVER_NAMES]
+        row = [label, *(r.get(key) for r in phase_results)]
         for base_index, base in ((0, "tornado"), (1, "websockets")):
-            base_value, laf = values[base_index], values[2]
             ratio = None
-            if with_ratio and isinstance(laf, int | float) and isinstance(base_value, int | float):
-                ratio = round(laf / base_value, 2) if base_value else None
-                ratios[f"laf-py/{base}"][f"{phase}.{key}"] = ratio
+            if with_ratio:
+                ratio = median_ratio(phase_results[2], phase_results[base_index], key)
+                if ratio is not None:
+                    ratios[f"laf-py/{base}"][f"{phase}.{key}"] = ratio
             row.append(ratio)
         rows.append(row)
     return {"columns": columns, "rows": rows, "ratios": ratios}
+
+
+def median_ratio(laf: dict[str, Any], base: dict[str, Any], key: str) -> float | None:
+    pairs = zip(laf.get("per_round", [laf]), base.get("per_round", [base]), strict=False)
+    found = []
+    for ours, theirs in pairs:
+        a, b = ours.get(key), theirs.get(key)
+        if isinstance(a, int | float) and isinstance(b, int | float) and b:
+            found.append(a / b)
+    return round(statistics.median(found), 2) if found else None
 
 
 def print_table(table: dict[str, Any], args: Any) -> None:
@@ -588,6 +644,7 @@ def print_table(table: dict[str, Any], args: Any) -> None:
     widths = [38, 11, 11, 11, 16, 19]
     print()
     print(
+        f"medians of {args.rounds} rounds; "
         f"{args.echo_connections} echo connections x {args.payload} B, {args.duration} s; "
         f"broadcast to {args.broadcast_connections}; idle {args.idle_connections}; "
         f"churn {args.churn_rounds} x {args.churn_connections}; "
@@ -645,7 +702,10 @@ def versions() -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny loads (the smoke test)")
-    parser.add_argument("--duration", type=float, default=10, help="seconds per echo/HTTP load")
+    parser.add_argument("--duration", type=float, default=5, help="seconds per echo/HTTP load")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of echo, HTTP and broadcast (medians)"
+    )
     parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases")
     parser.add_argument("--servers", default=",".join(SERVER_NAMES))
     parser.add_argument("--clients", type=int, default=2, help="generator processes")
@@ -663,7 +723,7 @@ def main() -> int:
     args = parser.parse_args()
     args.warmup = 1.0
     if args.quick:
-        args.duration, args.warmup = 1.0, 0.3
+        args.duration, args.warmup, args.rounds = 1.0, 0.3, 1
         args.echo_connections = args.http_connections = 4
         args.broadcast_connections, args.broadcast_rounds = 50, 2
         args.idle_connections, args.churn_connections, args.churn_rounds = 100, 50, 3
@@ -679,9 +739,13 @@ def main() -> int:
     try:
         bench = Bench(pool, args)
         with tempfile.TemporaryDirectory(prefix="laf-compare-") as tmp:
+            rounds = run_loaded(servers, bench, phases, args, Path(tmp))
             for target in servers:
-                print(f"{target.name} ...", flush=True)
-                results[target.name] = run_target(target, bench, phases, args, Path(tmp))
+                results[target.name] = {
+                    name: summarize(values) for name, values in rounds[target.name].items()
+                }
+                results[target.name].update(run_fresh(target, bench, phases, args, Path(tmp)))
+                results[target.name]["server_log_warnings"] = bench.warnings[target.name]
     finally:
         pool.stop()
     table = build_table(results, phases)
