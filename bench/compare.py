@@ -26,7 +26,9 @@ For every load it samples the CPU time (utime + stime from /proc) of the server 
 generator processes over the measured window, to show which one saturates. laf-py runs with
 ``--reload false --max-messages-per-second 0 --max-connections 20000 --log-level warning``
 (at the default ``info`` level it writes an access line per HTTP call, which the plain Tornado
-app does not; ``--laf-log-level info`` measures that). Prints a table of absolute numbers and
+app does not; ``--laf-log-level info`` measures that) and on its default event loop, uvloop; the
+baselines run on asyncio's own loop as written, or on uvloop with ``--baseline-loop uvloop``
+(which shows what laf-py's own code costs, loop for loop). Prints a table of absolute numbers and
 laf-py/baseline ratios and writes bench/results/compare.json (every round included).
 ``--quick`` is a tiny load for the smoke test. Benchmarks, not tests: nothing here asserts a
 speed."""
@@ -121,9 +123,12 @@ class Server:
             command += ["--reload", "false", "--log-level", args.laf_log_level]
             command += ["--max-messages-per-second", "0", "--max-connections", "20000"]
             command += ["--database-url", f"sqlite:///{tmp / 'compare.db'}"]
+            command += ["--event-loop", args.laf_event_loop]
         else:
             script = HERE / "baselines" / f"{target.name}_app.py"
             command = [sys.executable, str(script), "--port", "0"]
+            if args.baseline_loop == "uvloop":
+                command.append("--uvloop")
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -644,7 +649,8 @@ def print_table(table: dict[str, Any], args: Any) -> None:
     widths = [38, 11, 11, 11, 16, 19]
     print()
     print(
-        f"medians of {args.rounds} rounds; "
+        f"medians of {args.rounds} rounds; laf-py on {args.laf_event_loop} event loop, "
+        f"baselines on {args.baseline_loop}; "
         f"{args.echo_connections} echo connections x {args.payload} B, {args.duration} s; "
         f"broadcast to {args.broadcast_connections}; idle {args.idle_connections}; "
         f"churn {args.churn_rounds} x {args.churn_connections}; "
@@ -719,6 +725,15 @@ def main() -> int:
     parser.add_argument("--churn-connections", type=int, default=5000)
     parser.add_argument("--churn-rounds", type=int, default=10)
     parser.add_argument("--laf-log-level", default="warning")
+    parser.add_argument(
+        "--laf-event-loop", default="auto", help="laf-py's --event-loop (auto: uvloop)"
+    )
+    parser.add_argument(
+        "--baseline-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the Tornado and websockets apps (default asyncio, as written)",
+    )
     parser.add_argument("--output", type=Path, default=HERE / "results" / "compare.json")
     args = parser.parse_args()
     args.warmup = 1.0

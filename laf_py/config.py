@@ -7,6 +7,7 @@ and what to set.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class Settings:
     ping_timeout: float = 20.0
     allowed_origins: tuple[str, ...] = ()
     trust_proxy_headers: bool = False
+    event_loop: str = "auto"
 
     @property
     def data_dir(self) -> Path:
@@ -93,6 +95,11 @@ class Settings:
             raise ConfigError(
                 f"--ping-timeout ({self.ping_timeout:g}) cannot be longer than --ping-interval "
                 f"({self.ping_interval:g}); set LAF_PING_TIMEOUT or LAF_PING_INTERVAL"
+            )
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ConfigError(
+                "--event-loop uvloop: uvloop is not installed; pip install uvloop, or set "
+                "LAF_EVENT_LOOP=auto"
             )
         if self.secret is not None and len(self.secret) < MIN_SECRET_LENGTH:
             raise ConfigError(

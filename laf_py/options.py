@@ -11,9 +11,10 @@ from typing import Any
 
 from .exceptions import ConfigError
 
-__all__ = ["LOG_LEVELS", "MIB", "MIN_SECRET_LENGTH", "OPTIONS", "Option"]
+__all__ = ["EVENT_LOOPS", "LOG_LEVELS", "MIB", "MIN_SECRET_LENGTH", "OPTIONS", "Option"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MIB = 1024 * 1024
 MIN_SECRET_LENGTH = 32  # HS256 wants a key of at least 256 bits (RFC 7518, 3.2)
 
@@ -159,6 +160,12 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 def _log_level(raw: str) -> str:
     if raw.lower() not in LOG_LEVELS:
+        raise ValueError(raw)
+    return raw.lower()
+
+
+def _event_loop(raw: str) -> str:
+    if raw.lower() not in EVENT_LOOPS:
         raise ValueError(raw)
     return raw.lower()
 
@@ -349,5 +356,13 @@ OPTIONS: tuple[Option, ...] = (
         _log_level,
         "|".join(LOG_LEVELS),
         "logging level (default info)",
+    ),
+    Option(
+        "event_loop",
+        "--event-loop",
+        "LAF_EVENT_LOOP",
+        _event_loop,
+        "|".join(EVENT_LOOPS),
+        "event loop: uvloop, asyncio's own, or auto = uvloop when installed (default auto)",
     ),
 )

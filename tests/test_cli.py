@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import socket
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from laf_py import ConfigError, Settings
 
 from .conftest import run_to_exit, start_cli, write_function
 
@@ -104,6 +107,31 @@ def test_flag_beats_env_var(cli_server, hello_dir: Path, tmp_path: Path) -> None
     assert response.text == "hello from flag"
 
 
+@pytest.mark.parametrize(
+    ("choice", "loop"), [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")]
+)
+def test_event_loop_choice(cli_server, hello_dir: Path, choice: str, loop: str) -> None:
+    """--event-loop picks the loop (auto: uvloop, installed with laf-py here); the start-up line
+    names it, and the server serves on either."""
+    server = cli_server("--functions", str(hello_dir), "--event-loop", choice)
+    assert f"({loop})" in server.output[-1]
+    assert httpx.get(f"{server.url}/fn/hello", timeout=10).text == "hello from flag"
+
+
+def test_uvloop_asked_for_but_missing_is_a_config_error(
+    hello_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "uvloop" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        Settings(functions_dir=hello_dir, event_loop="uvloop").validated()
+    assert Settings(functions_dir=hello_dir, event_loop="auto").validated()
+
+
 # -- bad settings: one line, exit code 2 -------------------------------------------------------
 
 BAD_SETTINGS = [
@@ -113,6 +141,9 @@ BAD_SETTINGS = [
     pytest.param([], {"LAF_RELOAD": "maybe"}, ("LAF_RELOAD", "--reload"), id="LAF_RELOAD=maybe"),
     pytest.param(
         [], {"LAF_LOG_LEVEL": "loud"}, ("LAF_LOG_LEVEL", "--log-level"), id="LAF_LOG_LEVEL=loud"
+    ),
+    pytest.param(
+        ["--event-loop", "trio"], {}, ("--event-loop", "LAF_EVENT_LOOP"), id="--event-loop=trio"
     ),
 ]
 

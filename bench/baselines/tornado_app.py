@@ -1,6 +1,6 @@
 """Baseline for bench/compare.py: a plain Tornado app, what one would write without laf-py.
 
-    python bench/baselines/tornado_app.py [--port 0]
+    python bench/baselines/tornado_app.py [--port 0] [--uvloop]
 
 - ``/echo``: a WebSocket handler that writes every message back;
 - ``GET /broadcast?msg=...``: loops over every connected ``/echo`` handler calling
@@ -52,20 +52,26 @@ class HelloHandler(tornado.web.RequestHandler):
         self.write("Hello, world!")
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
+async def main(port: int) -> None:
     app = tornado.web.Application(
         [(r"/echo", EchoHandler), (r"/broadcast", BroadcastHandler), (r"/hello", HelloHandler)]
     )
-    sockets = tornado.netutil.bind_sockets(args.port, "127.0.0.1")
+    sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
     server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-    print(f"listening on http://127.0.0.1:{port}", flush=True)
+    bound = sockets[0].getsockname()[1]
+    print(f"listening on http://127.0.0.1:{bound}", flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(main(args.port))
+    else:
+        asyncio.run(main(args.port))

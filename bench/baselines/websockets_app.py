@@ -1,6 +1,6 @@
 """Baseline for bench/compare.py: a server on the websockets library (asyncio implementation).
 
-    python bench/baselines/websockets_app.py [--port 0]
+    python bench/baselines/websockets_app.py [--port 0] [--uvloop]
 
 - any path: a WebSocket that sends every message back;
 - ``GET /broadcast?msg=...`` (plain HTTP, on the same port): answered from ``process_request``
@@ -44,12 +44,9 @@ def process_request(connection: ServerConnection, request: Request) -> Response 
     return response
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
+async def main(port: int) -> None:
     async with serve(
-        echo, "127.0.0.1", args.port, process_request=process_request, compression=None
+        echo, "127.0.0.1", port, process_request=process_request, compression=None
     ) as server:
         SERVER.append(server)
         port = next(iter(server.sockets)).getsockname()[1]
@@ -58,4 +55,13 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(main(args.port))
+    else:
+        asyncio.run(main(args.port))

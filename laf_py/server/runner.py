@@ -69,7 +69,7 @@ class Server:
         )
         self._http.add_sockets(self._listeners)
         if listeners is None:
-            log.info("laf-py listening on %s", self.url)
+            log.info("laf-py listening on %s (%s)", self.url, loop_name())
 
     async def stop(self) -> None:
         """Stop accepting, close every socket with 1001, let calls in flight finish."""
@@ -100,6 +100,12 @@ class Server:
             listener.close()
 
 
+def loop_name() -> str:
+    """The running event loop, for the start-up line: "uvloop" or "asyncio"."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
 def bind(settings: Settings) -> list[socket.socket]:
     try:
         return tornado.netutil.bind_sockets(settings.port, settings.host)
@@ -126,12 +132,27 @@ def serve_one(
     ready: Callable[[], None] | None = None,
 ) -> None:
     """Run one server in this process until SIGTERM or SIGINT."""
-    if not asyncio.run(_serve(settings, listeners, ready)):
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        finished = runner.run(_serve(settings, listeners, ready))
+    if not finished:
         # A plain-def function is still running past the grace period. Python would wait for
         # its thread at exit, however long it takes; shutdown must not.
         log.warning("exiting with plain-def function calls still running in threads")
         logging.shutdown()
         os._exit(0)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for ``uvloop``, and for ``auto`` when it is installed; else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":  # Settings.validated() already refuses this
+            raise
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(
