@@ -36,6 +36,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log line, without the tokens that WebSocket clients put in the URL."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return
     request = handler.request
     uri = _TOKEN_IN_QUERY.sub(r"\1***", request.uri or "")
     access_log.log(

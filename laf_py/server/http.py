@@ -16,7 +16,14 @@ from ..core.response import render
 from ..exceptions import HTTPError
 from .base import INVALID_TOKEN, BaseHandler
 
-__all__ = ["PREFIX", "FunctionHandler", "HealthHandler", "drain_limit", "name_from_path"]
+__all__ = [
+    "PREFIX",
+    "FunctionHandler",
+    "HealthHandler",
+    "drain_limit",
+    "name_from_path",
+    "request_header",
+]
 
 PREFIX = "/fn/"
 
@@ -32,7 +39,7 @@ class FunctionHandler(BaseHandler):
         self._chunks: list[bytes] = []
         self._received = 0
         self._too_large = False
-        declared = self.request.headers.get("Content-Length", "")
+        declared = request_header(self.request, "Content-Length") or ""
         limit = self.runtime.settings.max_body_size
         if declared.isdigit() and int(declared) > limit:
             self._too_large = True
@@ -99,7 +106,7 @@ class FunctionHandler(BaseHandler):
             # Fail closed: an interceptor usually guards access.
             return self.send_error_json(500, "Interceptor failed to load; see server log")
 
-        ok, user = self.authenticate(bearer_token(self.request.headers.get("Authorization")))
+        ok, user = self.authenticate(bearer_token(request_header(self.request, "Authorization")))
         if not ok:
             return self.send_error_json(401, INVALID_TOKEN, **{"WWW-Authenticate": "Bearer"})
 
@@ -129,6 +136,8 @@ class FunctionHandler(BaseHandler):
             self.finish()  # Tornado refuses even an empty body with 204
 
     def _body(self) -> Any:
+        if not self.request.body:
+            return None
         content_type = self.request.headers.get("Content-Type", "")
         media_type, _ = bodies.split_content_type(content_type)
         if media_type == "multipart/form-data" and self.request.body:
@@ -163,6 +172,13 @@ class FunctionHandler(BaseHandler):
                 "body": file.body,
             }
         return form
+
+
+def request_header(request: tornado.httputil.HTTPServerRequest, name: str) -> str | None:
+    """``request.headers.get(name)``, without the KeyError that HTTPHeaders.get raises and
+    catches for a missing header (most requests have no body and no token)."""
+    headers = request.headers
+    return headers[name] if name in headers else None  # noqa: SIM401 (see above)
 
 
 def drain_limit(max_body_size: int) -> int:

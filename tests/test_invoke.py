@@ -1,0 +1,146 @@
+"""The Invoker on its own: a call's first step runs at once, and only a call that suspends gets
+a timer. Whichever way a call ends, it ends as if ``main`` had simply been awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from laf_py.core.context import FunctionContext
+from laf_py.core.invoke import FunctionExit, Invoker
+from laf_py.core.registry import Function
+from laf_py.exceptions import FunctionTimeoutError
+
+
+def function(main: Callable[..., Any], timeout: float | None = None) -> Function:
+    is_async = asyncio.iscoroutinefunction(main)
+    return Function("f", Path("f.py"), main=main, is_async=is_async, timeout=timeout)
+
+
+@pytest.fixture
+async def invoker() -> Any:
+    with ThreadPoolExecutor(2) as pool:
+        yield Invoker(pool, default_timeout=5)
+
+
+def ctx() -> FunctionContext:
+    return FunctionContext("GET", "f")
+
+
+async def test_a_call_that_never_suspends_returns_its_value(invoker: Invoker) -> None:
+    async def main(ctx: FunctionContext) -> str:
+        return "at once"
+
+    assert await invoker.call(function(main), ctx()) == ("at once", True)
+
+
+async def test_a_call_that_suspends_goes_on_to_its_value(invoker: Invoker) -> None:
+    async def main(ctx: FunctionContext) -> int:
+        total = 0
+        for i in range(3):
+            await asyncio.sleep(0)  # a bare yield
+            total += await asyncio.sleep(0.001, result=i)  # a timer future
+        return total
+
+    assert await invoker.call(function(main), ctx()) == (3, True)
+
+
+async def test_a_call_that_suspends_past_its_limit_times_out(invoker: Invoker) -> None:
+    cleaned = asyncio.Event()
+
+    async def main(ctx: FunctionContext) -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.set()
+
+    with pytest.raises(FunctionTimeoutError):
+        await invoker.call(function(main, timeout=0.05), ctx())
+    assert cleaned.is_set()  # the function saw the cancellation and ran its finally
+
+
+async def test_errors_before_and_after_the_first_suspension_come_through(
+    invoker: Invoker,
+) -> None:
+    async def early(ctx: FunctionContext) -> None:
+        raise TimeoutError("the function's own")  # not laf-py's time limit
+
+    async def late(ctx: FunctionContext) -> None:
+        await asyncio.sleep(0)
+        raise ValueError("after a suspension")
+
+    with pytest.raises(TimeoutError, match="the function's own"):
+        await invoker.call(function(early), ctx())
+    with pytest.raises(ValueError, match="after a suspension"):
+        await invoker.call(function(late), ctx())
+
+
+@pytest.mark.parametrize("suspend_first", [False, True])
+async def test_a_function_raising_cancelled_or_system_exit_is_an_ordinary_error(
+    invoker: Invoker, suspend_first: bool
+) -> None:
+    async def cancelled(ctx: FunctionContext) -> None:
+        if suspend_first:
+            await asyncio.sleep(0)
+        raise asyncio.CancelledError
+
+    async def exits(ctx: FunctionContext) -> None:
+        if suspend_first:
+            await asyncio.sleep(0)
+        raise SystemExit(3)
+
+    with pytest.raises(FunctionExit, match="CancelledError"):
+        await invoker.call(function(cancelled), ctx())
+    with pytest.raises(FunctionExit, match="SystemExit"):
+        await invoker.call(function(exits), ctx())
+
+
+async def test_cancelling_the_caller_cancels_a_suspended_call(invoker: Invoker) -> None:
+    """The server cancelling a call (shutdown) reaches the function and stays a cancellation."""
+    started, cleaned = asyncio.Event(), asyncio.Event()
+
+    async def main(ctx: FunctionContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.set()
+
+    task = asyncio.ensure_future(invoker.call(function(main), ctx()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned.is_set()
+
+
+async def test_a_function_may_handle_the_cancellation_and_go_on(invoker: Invoker) -> None:
+    """What it awaits after catching the cancellation still works, as under a plain await."""
+    started = asyncio.Event()
+
+    async def main(ctx: FunctionContext) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.001)
+            raise
+        return "unreachable"
+
+    task = asyncio.ensure_future(invoker.call(function(main), ctx()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_plain_def_runs_in_a_thread_under_the_limit(invoker: Invoker) -> None:
+    def main(ctx: FunctionContext) -> str:
+        return "from a thread"
+
+    assert await invoker.call(function(main), ctx()) == ("from a thread", True)
