@@ -36,6 +36,7 @@ speed."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import json
@@ -56,13 +57,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import latency  # noqa: E402
 from loadgen import Pool, cpu_seconds, fd_count, rss_kib, share  # noqa: E402
 
 monotonic = time.monotonic
-PHASES = ("echo", "http", "broadcast", "memory", "churn")
+PHASES = ("echo", "http", "push", "broadcast", "memory", "churn", "cluster")
 SERVER_NAMES = ("tornado", "websockets", "laf-py")
 
 # -- the servers -------------------------------------------------------------------------------
@@ -74,13 +77,15 @@ class Target:
     ws_path: str
     hello_path: str | None
     broadcast_path: str
+    push_path: str | None
 
 
 TARGETS = [
-    Target("tornado", "/echo", "/hello", "/broadcast"),
-    Target("websockets", "/", None, "/broadcast"),
-    Target("laf-py", "/__websocket__", "/fn/hello", "/fn/broadcast"),
+    Target("tornado", "/echo", "/hello", "/broadcast", "/push"),
+    Target("websockets", "/", None, "/broadcast", None),
+    Target("laf-py", "/__websocket__", "/fn/hello", "/fn/broadcast", "/fn/push"),
 ]
+LAF_PY = TARGETS[2]
 
 
 class ServerOutput(threading.Thread):
@@ -113,7 +118,9 @@ def free_port() -> int:
 class Server:
     """One server process: started with its output drained by a thread, always stopped."""
 
-    def __init__(self, target: Target, args: Any, tmp: Path) -> None:
+    def __init__(
+        self, target: Target, args: Any, tmp: Path, extra: tuple[str, ...] = (), label: str = ""
+    ) -> None:
         self.target = target
         self.port = 0
         if target.name == "laf-py":
@@ -122,8 +129,8 @@ class Server:
             command += ["--port", str(self.port), "--functions", str(HERE / "compare_functions")]
             command += ["--reload", "false", "--log-level", args.laf_log_level]
             command += ["--max-messages-per-second", "0", "--max-connections", "20000"]
-            command += ["--database-url", f"sqlite:///{tmp / 'compare.db'}"]
-            command += ["--event-loop", args.laf_event_loop]
+            command += ["--database-url", f"sqlite:///{tmp / f'compare{label}.db'}"]
+            command += ["--event-loop", args.laf_event_loop, *extra]
         else:
             script = HERE / "baselines" / f"{target.name}_app.py"
             command = [sys.executable, str(script), "--port", "0"]
@@ -397,10 +404,16 @@ class Bench:
             **cpu.result(),
         }
 
-    def broadcast(self, server: Server) -> dict[str, Any]:
+    def broadcast(self, server: Server, spread: tuple[Server, ...] = ()) -> dict[str, Any]:
+        """Broadcast through an HTTP call to ``server``, to sockets opened on it, or shared
+        evenly between the ``spread`` servers (the nodes of a cluster)."""
         args = self.args
         count = args.broadcast_connections
-        opened = self.open(server, count)
+        holders = spread or (server,)
+        opened = {"seconds": 0.0}
+        for index, holder in enumerate(holders):
+            share_of = share(count, len(holders), index)
+            opened["seconds"] += self.open(holder, share_of)["seconds"]
         cpu = CPU(server.pid, self.pool.pids)
         times, calls = [], []
         try:
@@ -441,6 +454,20 @@ class Bench:
             "http_returned_median_ms": round(1000 * statistics.median(calls), 1),
             **cpu.result(),
         }
+
+    def push(self, server: Server, node: Server | None = None) -> dict[str, Any] | None:
+        """Push latency at light load: ``--push-rounds`` HTTP calls to ``server``, one at a
+        time, each until its frame reaches a socket on ``node`` (default: the same server)."""
+        path = server.target.push_path
+        if path is None:
+            return None
+        node = node or server
+        samples = asyncio.run(
+            latency.push_latencies(
+                server.port, node.port, node.target.ws_path, path, self.args.push_rounds
+            )
+        )
+        return latency.summary(samples)
 
     def memory(self, server: Server) -> dict[str, Any]:
         args = self.args
@@ -510,7 +537,7 @@ def wrk_latency(out: str, label: str) -> float | None:
 # -- the run -----------------------------------------------------------------------------------
 
 
-LOADED_PHASES = ("echo", "http", "broadcast")
+LOADED_PHASES = ("echo", "http", "push", "broadcast")
 FRESH_PHASES = ("memory", "churn")
 
 
@@ -529,7 +556,12 @@ def run_loaded(
     """Echo, HTTP and broadcast, in ``--rounds`` rounds. Every server is started at once (an
     idle one costs nothing); each round runs each phase on every server in turn, the order
     rotated between rounds, so a busy moment of the shared machine falls on all of them."""
-    steps = {"echo": bench.echo, "http": bench.http, "broadcast": bench.broadcast}
+    steps = {
+        "echo": bench.echo,
+        "http": bench.http,
+        "push": bench.push,
+        "broadcast": bench.broadcast,
+    }
     todo = [name for name in LOADED_PHASES if name in phases]
     rounds: dict[str, dict[str, list[Any]]] = {t.name: {p: [] for p in todo} for t in targets}
     if not todo:
@@ -560,6 +592,39 @@ def run_fresh(target: Target, bench: Bench, phases: list[str], args: Any, tmp: P
                 results[name] = run_step(server, name, steps[name])
             bench.warnings[target.name] += server.output.warnings
     return results
+
+
+def run_cluster(bench: Bench, args: Any, tmp: Path) -> Any:
+    """Two laf-py nodes joined through Redis: push from an HTTP call on node A to a socket on
+    node B, and a broadcast from node A to sockets shared between both; ``--rounds`` rounds."""
+    where = urlsplit(args.redis_url)
+    try:
+        socket.create_connection((where.hostname, where.port or 6379), timeout=2).close()
+    except OSError as exc:
+        return {"error": f"Redis is not reachable at {args.redis_url} ({exc}); see --redis-url"}
+    extra = ("--redis-url", args.redis_url, "--cluster", f"compare-{os.urandom(4).hex()}")
+    rounds = []
+    with (
+        Server(LAF_PY, args, tmp, extra, label="-a") as node_a,
+        Server(LAF_PY, args, tmp, extra, label="-b") as node_b,
+    ):
+        for number in range(args.rounds):
+            print(f"  round {number + 1}: laf-py cluster ...", flush=True)
+            push = run_step(node_a, "cluster push", lambda a: bench.push(a, node=node_b))
+            broadcast = run_step(
+                node_a, "cluster broadcast", lambda a: bench.broadcast(a, (node_a, node_b))
+            )
+            if "error" in push or "error" in broadcast:
+                rounds.append({"error": push.get("error") or broadcast.get("error")})
+                continue
+            rounds.append(
+                {
+                    **{f"push_{key}": value for key, value in push.items()},
+                    **{f"broadcast_{key}": value for key, value in broadcast.items()},
+                }
+            )
+        bench.warnings["laf-py"] += node_a.output.warnings + node_b.output.warnings
+    return summarize(rounds)
 
 
 def summarize(rounds: list[Any]) -> Any:
@@ -594,6 +659,8 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("  server CPU %", "http", "server_cpu_pct", False),
     ("  generator CPU %", "http", "generator_cpu_pct", False),
     ("  rest of the machine CPU %", "http", "other_cpu_pct", False),
+    ("push, HTTP call -> frame p50 ms", "push", "p50_ms", True),
+    ("push, HTTP call -> frame p99 ms", "push", "p99_ms", True),
     ("broadcast: all received ms (median)", "broadcast", "median_ms", True),
     ("broadcast: HTTP call returned ms", "broadcast", "http_returned_median_ms", True),
     ("  server CPU % (during rounds)", "broadcast", "server_cpu_pct", False),
@@ -603,6 +670,10 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("churn: RSS after round 1 MiB", "churn", "rss_first_round_mib", True),
     ("churn: RSS after last round MiB", "churn", "rss_last_round_mib", True),
     ("churn: last round - lowest round MiB", "churn", "last_round_over_lowest_mib", False),
+    ("2 nodes+Redis: push A->B p50 ms", "cluster", "push_p50_ms", False),
+    ("2 nodes+Redis: push A->B p99 ms", "cluster", "push_p99_ms", False),
+    ("2 nodes+Redis: broadcast received ms", "cluster", "broadcast_median_ms", False),
+    ("2 nodes+Redis: broadcast returned ms", "cluster", "broadcast_http_returned_median_ms", False),
 ]
 
 
@@ -724,6 +795,8 @@ def main() -> int:
     parser.add_argument("--idle-connections", type=int, default=9000)
     parser.add_argument("--churn-connections", type=int, default=5000)
     parser.add_argument("--churn-rounds", type=int, default=10)
+    parser.add_argument("--push-rounds", type=int, default=300)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="for cluster")
     parser.add_argument("--laf-log-level", default="warning")
     parser.add_argument(
         "--laf-event-loop", default="auto", help="laf-py's --event-loop (auto: uvloop)"
@@ -742,6 +815,7 @@ def main() -> int:
         args.echo_connections = args.http_connections = 4
         args.broadcast_connections, args.broadcast_rounds = 50, 2
         args.idle_connections, args.churn_connections, args.churn_rounds = 100, 50, 3
+        args.push_rounds = 20
     phases = [p for p in args.only.split(",") if p]
     servers = [t for t in TARGETS if t.name in args.servers.split(",")]
     if unknown := set(phases) - set(PHASES):
@@ -760,6 +834,9 @@ def main() -> int:
                     name: summarize(values) for name, values in rounds[target.name].items()
                 }
                 results[target.name].update(run_fresh(target, bench, phases, args, Path(tmp)))
+            if "cluster" in phases and LAF_PY in servers:
+                print("laf-py cluster (Redis) ...", flush=True)
+                results["laf-py"]["cluster"] = run_cluster(bench, args, Path(tmp))
                 results[target.name]["server_log_warnings"] = bench.warnings[target.name]
     finally:
         pool.stop()

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("echo", "http", "broadcast", "memory", "churn")
+PHASES = ("echo", "http", "push", "broadcast", "memory", "churn")
 
 
 @pytest.mark.timeout(90)
-def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
+def test_compare_quick_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
     output = tmp_path / "compare.json"
+    compare = [sys.executable, str(ROOT / "bench" / "compare.py"), "--quick"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare.py"), "--quick", "--output", str(output)],
+        [*compare, "--redis-url", redis_url, "--output", str(output)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -33,7 +34,7 @@ def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
     assert set(report["results"]) == {"tornado", "websockets", "laf-py"}
     for name, phases in report["results"].items():
         for phase in PHASES:
-            if name == "websockets" and phase == "http":
+            if name == "websockets" and phase in ("http", "push"):
                 assert phases[phase] is None  # not an HTTP framework
                 continue
             assert "error" not in phases[phase], (name, phase, phases[phase])
@@ -43,6 +44,10 @@ def test_compare_quick_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert {"requests_per_s", "p50_ms", "p99_ms"} <= set(laf["http"])
     assert {"median_ms", "connections"} <= set(laf["broadcast"])
+    assert {"p50_ms", "p99_ms"} <= set(laf["push"])
+    cluster = laf["cluster"]
+    assert "error" not in cluster, cluster
+    assert {"push_p50_ms", "push_p99_ms", "broadcast_median_ms"} <= set(cluster)
     assert "kib_per_connection" in laf["memory"]
     assert len(laf["churn"]["rss_after_each_round_mib"]) == laf["churn"]["rounds"]
     assert {"laf-py/tornado", "laf-py/websockets"} == set(report["ratios"])

@@ -5,7 +5,9 @@
 - ``/echo``: a WebSocket handler that writes every message back;
 - ``GET /broadcast?msg=...``: loops over every connected ``/echo`` handler calling
   ``write_message`` (the naive broadcast) and answers ``{"count": n}``;
-- ``GET /hello``: ``Hello, world!``.
+- ``GET /hello``: ``Hello, world!``;
+- ``POST /push?id=...``: writes the body to the one ``/echo?hello=1`` connection with that id
+  (such a connection is sent its id when it opens).
 
 Prints ``listening on http://127.0.0.1:PORT`` once it accepts connections.
 """
@@ -21,17 +23,23 @@ import tornado.web
 import tornado.websocket
 
 CONNECTED: set[EchoHandler] = set()
+BY_ID: dict[str, EchoHandler] = {}
 
 
 class EchoHandler(tornado.websocket.WebSocketHandler):
     def open(self) -> None:
         CONNECTED.add(self)
+        if self.get_query_argument("hello", None) is not None:
+            socket_id = f"{id(self):x}"
+            BY_ID[socket_id] = self
+            self.write_message(socket_id)
 
     def on_message(self, message: str | bytes) -> None:
         self.write_message(message, binary=isinstance(message, bytes))
 
     def on_close(self) -> None:
         CONNECTED.discard(self)
+        BY_ID.pop(f"{id(self):x}", None)
 
 
 class BroadcastHandler(tornado.web.RequestHandler):
@@ -47,6 +55,14 @@ class BroadcastHandler(tornado.web.RequestHandler):
         self.write({"count": count})
 
 
+class PushHandler(tornado.web.RequestHandler):
+    def post(self) -> None:
+        handler = BY_ID.get(self.get_argument("id"))
+        if handler is not None:
+            handler.write_message(self.request.body.decode())
+        self.write({"delivered": int(handler is not None)})
+
+
 class HelloHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.write("Hello, world!")
@@ -54,7 +70,12 @@ class HelloHandler(tornado.web.RequestHandler):
 
 async def main(port: int) -> None:
     app = tornado.web.Application(
-        [(r"/echo", EchoHandler), (r"/broadcast", BroadcastHandler), (r"/hello", HelloHandler)]
+        [
+            (r"/echo", EchoHandler),
+            (r"/broadcast", BroadcastHandler),
+            (r"/hello", HelloHandler),
+            (r"/push", PushHandler),
+        ]
     )
     sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
     server = tornado.httpserver.HTTPServer(app)

@@ -1,9 +1,12 @@
-"""Bench (compare.py): send every message back to the socket it came from."""
+"""Bench (compare.py): send every message back to the socket it came from. A connection opened
+with ``?hello=1`` (the push phases) is first sent its own id."""
 
 from laf_py import FunctionContext
 
 
 async def main(ctx: FunctionContext) -> None:
+    assert ctx.socket is not None
     if ctx.method == "WebSocket:message":
-        assert ctx.socket is not None
         ctx.socket.send(ctx.params["data"])
+    elif ctx.method == "WebSocket:connection" and "hello" in ctx.query:
+        ctx.socket.send(ctx.socket.id)

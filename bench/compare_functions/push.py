@@ -1,4 +1,5 @@
-"""Bench: ``POST /fn/push?id=<socket id>`` with a text body publishes it to that socket."""
+"""Bench (compare.py): ``POST /fn/push?id=<socket id>`` with a text body sends it to that socket,
+on this node or, through Redis, on another."""
 
 from laf_py import FunctionContext, cloud
 
