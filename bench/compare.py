@@ -61,11 +61,12 @@ from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import instructions  # noqa: E402
 import latency  # noqa: E402
 from loadgen import Pool, cpu_seconds, fd_count, rss_kib, share  # noqa: E402
 
 monotonic = time.monotonic
-PHASES = ("echo", "http", "push", "broadcast", "memory", "churn", "cluster")
+PHASES = ("echo", "http", "push", "broadcast", "memory", "churn", "instructions", "cluster")
 SERVER_NAMES = ("tornado", "websockets", "laf-py")
 
 # -- the servers -------------------------------------------------------------------------------
@@ -119,7 +120,13 @@ class Server:
     """One server process: started with its output drained by a thread, always stopped."""
 
     def __init__(
-        self, target: Target, args: Any, tmp: Path, extra: tuple[str, ...] = (), label: str = ""
+        self,
+        target: Target,
+        args: Any,
+        tmp: Path,
+        extra: tuple[str, ...] = (),
+        label: str = "",
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.target = target
         self.port = 0
@@ -137,7 +144,7 @@ class Server:
             if args.baseline_loop == "uvloop":
                 command.append("--uvloop")
         self.process = subprocess.Popen(
-            command,
+            [*prefix, *command],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -550,6 +557,14 @@ def run_step(server: Server, name: str, step: Callable[[Server], Any]) -> Any:
         return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
 
 
+def run_step_safely(step: Callable[[], Any]) -> Any:
+    try:
+        return step()
+    except Exception as exc:
+        print(f"  failed: {exc}", flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
 def run_loaded(
     targets: list[Target], bench: Bench, phases: list[str], args: Any, tmp: Path
 ) -> dict[str, dict[str, list[Any]]]:
@@ -627,6 +642,30 @@ def run_cluster(bench: Bench, args: Any, tmp: Path) -> Any:
     return summarize(rounds)
 
 
+def run_instructions(target: Target, args: Any, tmp: Path) -> Any:
+    """Instructions per HTTP hello and per echo message, counted by callgrind (see
+    bench/instructions.py): the one measure here that the machine's load does not move."""
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        return {"error": "valgrind is not installed (apt-get install valgrind)"}
+    out = tmp / f"cg-{target.name}"
+    prefix = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p")
+    with Server(target, args, tmp, label="-cg", prefix=prefix) as server:
+        dump_prefix = tmp / f"cg-{target.name}.{server.pid}"
+        result: dict[str, Any] = {"count": args.instruction_count}
+        if target.hello_path is not None:
+            result["per_http_request"] = round(
+                instructions.per_http_request(
+                    server.pid, dump_prefix, server.port, target.hello_path, args.instruction_count
+                )
+            )
+        result["per_echo"] = round(
+            instructions.per_echo(
+                server.pid, dump_prefix, server.port, target.ws_path, args.instruction_count
+            )
+        )
+    return result
+
+
 def summarize(rounds: list[Any]) -> Any:
     """One phase's rounds → the median of each number, every round kept under "per_round"."""
     if not rounds or any(r is None for r in rounds):
@@ -670,6 +709,8 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("churn: RSS after round 1 MiB", "churn", "rss_first_round_mib", True),
     ("churn: RSS after last round MiB", "churn", "rss_last_round_mib", True),
     ("churn: last round - lowest round MiB", "churn", "last_round_over_lowest_mib", False),
+    ("instructions per HTTP hello", "instructions", "per_http_request", True),
+    ("instructions per echo message", "instructions", "per_echo", True),
     ("2 nodes+Redis: push A->B p50 ms", "cluster", "push_p50_ms", False),
     ("2 nodes+Redis: push A->B p99 ms", "cluster", "push_p99_ms", False),
     ("2 nodes+Redis: broadcast received ms", "cluster", "broadcast_median_ms", False),
@@ -796,6 +837,9 @@ def main() -> int:
     parser.add_argument("--churn-connections", type=int, default=5000)
     parser.add_argument("--churn-rounds", type=int, default=10)
     parser.add_argument("--push-rounds", type=int, default=300)
+    parser.add_argument(
+        "--instruction-count", type=int, default=1000, help="requests/echoes under callgrind"
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="for cluster")
     parser.add_argument("--laf-log-level", default="warning")
     parser.add_argument(
@@ -815,7 +859,7 @@ def main() -> int:
         args.echo_connections = args.http_connections = 4
         args.broadcast_connections, args.broadcast_rounds = 50, 2
         args.idle_connections, args.churn_connections, args.churn_rounds = 100, 50, 3
-        args.push_rounds = 20
+        args.push_rounds, args.instruction_count = 20, 20
     phases = [p for p in args.only.split(",") if p]
     servers = [t for t in TARGETS if t.name in args.servers.split(",")]
     if unknown := set(phases) - set(PHASES):
@@ -834,6 +878,11 @@ def main() -> int:
                     name: summarize(values) for name, values in rounds[target.name].items()
                 }
                 results[target.name].update(run_fresh(target, bench, phases, args, Path(tmp)))
+                if "instructions" in phases:
+                    print(f"  {target.name}: instructions (callgrind) ...", flush=True)
+                    results[target.name]["instructions"] = run_step_safely(
+                        lambda: run_instructions(target, args, Path(tmp))  # noqa: B023
+                    )
             if "cluster" in phases and LAF_PY in servers:
                 print("laf-py cluster (Redis) ...", flush=True)
                 results["laf-py"]["cluster"] = run_cluster(bench, args, Path(tmp))
