@@ -144,3 +144,27 @@ async def test_plain_def_runs_in_a_thread_under_the_limit(invoker: Invoker) -> N
         return "from a thread"
 
     assert await invoker.call(function(main), ctx()) == ("from a thread", True)
+
+
+async def test_the_function_runs_in_the_callers_task_from_its_first_step(
+    invoker: Invoker,
+) -> None:
+    """Its first step runs at once, in the task that awaits the call: asyncio.timeout inside
+    the function, entered before the first suspension, cancels the function and nothing else."""
+    seen: list[asyncio.Task[Any] | None] = []
+
+    async def main(ctx: FunctionContext) -> str:
+        seen.append(asyncio.current_task())
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(30)
+        except TimeoutError:
+            return "its own timeout"
+        return "unreachable"
+
+    async def caller() -> tuple[Any, bool]:
+        return await invoker.call(function(main), ctx())
+
+    task = asyncio.ensure_future(caller())
+    assert await task == ("its own timeout", True)
+    assert seen == [task]
