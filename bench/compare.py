@@ -824,7 +824,11 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of echo, HTTP and broadcast (medians)"
     )
-    parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated phases (default: all; --quick skips instructions): "
+        f"{','.join(PHASES)}",
+    )
     parser.add_argument("--servers", default=",".join(SERVER_NAMES))
     parser.add_argument("--clients", type=int, default=2, help="generator processes")
     parser.add_argument("--echo-connections", type=int, default=50)
@@ -860,6 +864,8 @@ def main() -> int:
         args.broadcast_connections, args.broadcast_rounds = 50, 2
         args.idle_connections, args.churn_connections, args.churn_rounds = 100, 50, 3
         args.push_rounds, args.instruction_count = 20, 20
+    if args.only is None:  # callgrind's start-up alone is ~20 s a server: not for --quick
+        args.only = ",".join(p for p in PHASES if not (args.quick and p == "instructions"))
     phases = [p for p in args.only.split(",") if p]
     servers = [t for t in TARGETS if t.name in args.servers.split(",")]
     if unknown := set(phases) - set(PHASES):

@@ -7,11 +7,14 @@ here looks at a number.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import service_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("echo", "http", "push", "broadcast", "memory", "churn")
@@ -52,3 +55,22 @@ def test_compare_quick_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
     assert len(laf["churn"]["rss_after_each_round_mib"]) == laf["churn"]["rounds"]
     assert {"laf-py/tornado", "laf-py/websockets"} == set(report["ratios"])
     assert "laf-py" in done.stdout and "laf-py/tornado" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_compare_counts_instructions_under_callgrind(tmp_path: Path) -> None:
+    if shutil.which("valgrind") is None:
+        service_missing("valgrind is not installed (apt-get install valgrind)")
+    output = tmp_path / "compare.json"
+    compare = [sys.executable, str(ROOT / "bench" / "compare.py"), "--quick"]
+    done = subprocess.run(
+        [*compare, "--only", "instructions", "--servers", "laf-py", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counted = json.loads(output.read_text())["results"]["laf-py"]["instructions"]
+    assert counted["per_http_request"] > 0
+    assert counted["per_echo"] > 0
