@@ -548,21 +548,20 @@ LOADED_PHASES = ("echo", "http", "push", "broadcast")
 FRESH_PHASES = ("memory", "churn")
 
 
-def run_step(server: Server, name: str, step: Callable[[Server], Any]) -> Any:
-    try:
-        return step(server)
-    except Exception as exc:
-        print(f"  {server.target.name}: {name} failed: {exc}", flush=True)
-        server.alive()
-        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-
-
-def run_step_safely(step: Callable[[], Any]) -> Any:
+def attempt(label: str, step: Callable[[], Any]) -> Any:
+    """The step's result, or ``{"error": ...}``, so that the other measurements still run."""
     try:
         return step()
     except Exception as exc:
-        print(f"  failed: {exc}", flush=True)
+        print(f"  {label} failed: {exc}", flush=True)
         return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def run_step(server: Server, name: str, step: Callable[[Server], Any]) -> Any:
+    result = attempt(f"{server.target.name}: {name}", lambda: step(server))
+    if isinstance(result, dict) and "error" in result:
+        server.alive()  # a server that died ends the run rather than fail every later step
+    return result
 
 
 def run_loaded(
@@ -886,8 +885,9 @@ def main() -> int:
                 results[target.name].update(run_fresh(target, bench, phases, args, Path(tmp)))
                 if "instructions" in phases:
                     print(f"  {target.name}: instructions (callgrind) ...", flush=True)
-                    results[target.name]["instructions"] = run_step_safely(
-                        lambda: run_instructions(target, args, Path(tmp))  # noqa: B023
+                    results[target.name]["instructions"] = attempt(
+                        f"{target.name}: instructions",
+                        lambda: run_instructions(target, args, Path(tmp)),  # noqa: B023
                     )
             if "cluster" in phases and LAF_PY in servers:
                 print("laf-py cluster (Redis) ...", flush=True)

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-MASK = b"\x37\xfa\x21\x3d"
+from loadgen import client_frame, upgrade_request
 
 
 class Client:
@@ -52,21 +52,14 @@ class Client:
         return body
 
     def upgrade(self, path: str) -> None:
-        self.sock.sendall(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        self.sock.sendall(upgrade_request("127.0.0.1", self.port, path))
         head, _ = self._head()
         if not head.startswith("HTTP/1.1 101"):
             raise RuntimeError(f"upgrade {path}: {head.splitlines()[0]}")
 
     def echo(self, payload: bytes) -> None:
-        """Send one masked text frame (< 126 bytes) and read the frame that comes back."""
-        masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(bytes([0x81, 0x80 | len(payload)]) + MASK + masked)
+        """Send one text frame (< 126 bytes: the reply is read with a one-byte length)."""
+        self.sock.sendall(client_frame(0x1, payload))
         while len(self.buffer) < 2 or len(self.buffer) < 2 + (self.buffer[1] & 0x7F):
             self._fill()
         length = self.buffer[1] & 0x7F

@@ -13,11 +13,7 @@ import json
 import time
 from typing import Any
 
-HANDSHAKE = (
-    "GET {path}?hello=1 HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    "Sec-WebSocket-Version: 13\r\n\r\n"
-)
+from loadgen import upgrade_request
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes:
@@ -53,7 +49,7 @@ async def push_latencies(
     ws_reader, ws_writer = await asyncio.open_connection(host, ws_port)
     http_reader, http_writer = await asyncio.open_connection(host, http_port)
     try:
-        ws_writer.write(HANDSHAKE.format(path=ws_path, host=host, port=ws_port).encode())
+        ws_writer.write(upgrade_request(host, ws_port, f"{ws_path}?hello=1"))
         status = await ws_reader.readuntil(b"\r\n\r\n")
         if not status.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"handshake refused: {status[:80]!r}")

@@ -46,6 +46,15 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return header + MASK + masked
 
 
+def upgrade_request(host: str, port: int, path: str) -> bytes:
+    """A canned WebSocket handshake request (servers do not check the key's randomness)."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
 CLOSE_FRAME = client_frame(0x8, (1000).to_bytes(2, "big"))
 
 
@@ -195,11 +204,7 @@ class Worker:
 
     async def do_open(self, host: str, port: int, path: str, count: int) -> tuple[Any, ...]:
         loop = asyncio.get_running_loop()
-        handshake = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        handshake = upgrade_request(host, port, path)
         errors: Counter[str] = Counter()
         gate = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
         started = monotonic()

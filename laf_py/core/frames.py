@@ -8,13 +8,23 @@ from typing import Any
 
 from . import jsoncodec
 
-__all__ = ["BINARY", "PING", "TEXT", "close_frame", "encode_frame", "encode_payload", "frame"]
+__all__ = [
+    "BINARY",
+    "PING",
+    "TEXT",
+    "close_frame",
+    "close_reason",
+    "encode_frame",
+    "encode_payload",
+    "frame",
+]
 
 TEXT = 0x1
 BINARY = 0x2
 CLOSE = 0x8
 PING_OPCODE = 0x9
 _FIN = 0x80
+MAX_REASON_BYTES = 123  # a control frame carries at most 125 bytes, 2 of them the close code
 
 
 def encode_payload(message: Any) -> tuple[int, bytes]:
@@ -44,11 +54,13 @@ def encode_frame(message: Any) -> bytes:
     return frame(*encode_payload(message))
 
 
+def close_reason(reason: str) -> str:
+    """``reason`` cut to fit a close frame, on a character boundary."""
+    return reason.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
 def close_frame(code: int, reason: str) -> bytes:
-    """A close frame; the reason is cut to fit the 125 bytes a control frame may carry."""
-    reason_bytes = reason.encode()[:123].decode("utf-8", "ignore").encode()  # whole characters
-    payload = struct.pack("!H", code) + reason_bytes
-    return frame(CLOSE, payload)
+    return frame(CLOSE, struct.pack("!H", code) + close_reason(reason).encode())
 
 
 PING = frame(PING_OPCODE, b"")  # the same empty ping for every connection

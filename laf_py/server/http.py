@@ -140,7 +140,7 @@ class FunctionHandler(BaseHandler):
             return None
         content_type = self.request.headers.get("Content-Type", "")
         media_type, _ = bodies.split_content_type(content_type)
-        if media_type == "multipart/form-data" and self.request.body:
+        if media_type == "multipart/form-data":
             return self._multipart_form()
         return bodies.parse_body(content_type, self.request.body)
 

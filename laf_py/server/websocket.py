@@ -40,7 +40,6 @@ POLICY_VIOLATION = 1008
 SLOW_CONSUMER = 1008
 INTERNAL_ERROR = 1011
 PING_TIMEOUT = 1011  # as the websockets library does
-MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 
 
 class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
@@ -74,7 +73,6 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         self._rejected = False
         self._stream: IOStream | None = None
         self._server_close: tuple[int, str] | None = None  # why the server closed it
-        self._flood: FloodGuard | None = None
 
     # -- before the upgrade: plain HTTP errors ---------------------------------------------
 
@@ -102,8 +100,7 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         self._stream = self.ws_connection.stream
         assert self._stream is not None
         self._stream.max_write_buffer_size = self.runtime.settings.max_send_buffer
-        rate = self.runtime.settings.max_messages_per_second
-        self._flood = FloodGuard(rate) if rate else None
+        self._flood = FloodGuard(self.runtime.settings.max_messages_per_second)
         self.activity.begin_connection(self)
         self.keepalive.add(self)
         self._query = bodies.parse_query(self.request.query)
@@ -129,8 +126,8 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self._rejected or self.socket is None:
             return
-        if self._flood is not None and not self._flood.allows():
-            return self._refuse_flood(self._flood)
+        if not self._flood.allows():
+            return self._refuse_flood()
         params = {"data": message, "is_binary": isinstance(message, bytes)}
         ctx = self._context(WS_MESSAGE, params)
         try:
@@ -211,8 +208,8 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
         if self._stream is not None:
             self._stream.close()
 
-    def _refuse_flood(self, flood: FloodGuard) -> None:
-        if flood.persists():
+    def _refuse_flood(self) -> None:
+        if self._flood.persists():
             self._server_close = (POLICY_VIOLATION, "too many messages")
             self.close(POLICY_VIOLATION, "too many messages")
         else:
@@ -222,7 +219,7 @@ class FunctionSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         if reason:
-            reason = reason.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+            reason = frames.close_reason(reason)
         super().close(code, reason)
 
     def abort(self, code: int, reason: str) -> None:
