@@ -83,7 +83,7 @@ from laf_py import cloud
 
 {keyword}def main(ctx):
     try:
-        cloud.kv.set("k", {{1, 2}})
+        cloud.kv.set("k", {{"tags": [object()]}})
     except TypeError:
         return "TypeError"
     return "stored"
@@ -345,7 +345,7 @@ async def test_bad_ttl_is_value_error_at_call(
         assert await cloud.kv.get("k", MISSING) == MISSING
 
 
-@pytest.mark.parametrize("value", [{1, 2}, object(), b"bytes", {"nested": {1j}}])
+@pytest.mark.parametrize("value", [1j, object(), b"bytes", {"nested": {1j}}])
 async def test_non_json_value_is_type_error_at_call(
     serve, functions_dir: Path, database_url: str, value: Any
 ) -> None:

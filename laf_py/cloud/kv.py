@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..core import jsoncodec
 from .delivery import LoopBridge
 from .pending import Pending, start
 from .schema import kv_table
@@ -121,9 +122,10 @@ class KeyValueStore:
 
 
 def _encode(value: Any) -> str:
-    """Strict JSON: what comes back is what went in (the standard library, not orjson, which
-    would turn NaN into null and read integers past 64 bits back as floats)."""
-    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    """Strict JSON: what comes back is what went in, or its JSON form (a ``datetime`` comes
+    back as its ISO string, a set as a list). The standard library, not orjson, which would
+    turn NaN into null and read integers past 64 bits back as floats; same types as HTTP."""
+    return jsoncodec.dumps_strict(value)
 
 
 def _live() -> Any:

@@ -4,6 +4,7 @@ any number of connections without encoding it again."""
 from __future__ import annotations
 
 import struct
+from enum import Enum
 from typing import Any
 
 from . import jsoncodec
@@ -28,14 +29,15 @@ MAX_REASON_BYTES = 123  # a control frame carries at most 125 bytes, 2 of them t
 
 
 def encode_payload(message: Any) -> tuple[int, bytes]:
-    """str → text, bytes → binary, dict/list → JSON text; anything else is a TypeError."""
-    if isinstance(message, str):
+    """str → text, bytes → binary, any other value → JSON text, encoded as HTTP bodies are
+    (see ``jsoncodec``); what JSON cannot represent is a TypeError naming its key path."""
+    if type(message) is str:
         return TEXT, message.encode()
     if isinstance(message, (bytes, bytearray, memoryview)):
         return BINARY, bytes(message)
-    if isinstance(message, (dict, list)):
-        return TEXT, jsoncodec.dumps(message)
-    raise TypeError(f"cannot send {type(message).__name__}; send str, bytes, dict or list")
+    if isinstance(message, str) and not isinstance(message, Enum):  # a str Enum is JSON
+        return TEXT, message.encode()
+    return TEXT, jsoncodec.dumps(message)
 
 
 def frame(opcode: int, payload: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from . import jsoncodec
@@ -53,7 +54,8 @@ class Rendered:
 def render(result: Any, defaults: Response | None = None) -> Rendered:
     """Turn a function's return value (and ``ctx.response``, if touched) into a response.
 
-    Raises TypeError when the body is of a type with no obvious wire form.
+    str → text, bytes → octet-stream, None → 204, anything else → JSON (see ``jsoncodec``).
+    Raises TypeError, naming the type and its key path, for what JSON cannot represent.
     """
     status = defaults.status if defaults else None
     headers = dict(defaults.headers) if defaults else {}
@@ -67,17 +69,14 @@ def render(result: Any, defaults: Response | None = None) -> Rendered:
 
     if result is None:
         body, implied_type = b"", None
-    elif isinstance(result, (dict, list)):
+    elif isinstance(result, (dict, list)):  # the common case first; same as the last branch
         body, implied_type = jsoncodec.dumps(result), JSON_TYPE
-    elif isinstance(result, str):
-        body, implied_type = result.encode(), TEXT_TYPE
     elif isinstance(result, (bytes, bytearray, memoryview)):
         body, implied_type = bytes(result), BYTES_TYPE
-    else:
-        raise TypeError(
-            f"a function returned {type(result).__name__}; return dict, list, str, bytes, "
-            "None or laf_py.Response"
-        )
+    elif type(result) is str or (isinstance(result, str) and not isinstance(result, Enum)):
+        body, implied_type = result.encode(), TEXT_TYPE  # a str Enum is JSON, as when nested
+    else:  # every other value as JSON; what JSON cannot hold is a TypeError naming it
+        body, implied_type = jsoncodec.dumps(result), JSON_TYPE
 
     if status is None:
         status = 204 if result is None else 200
