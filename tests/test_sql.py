@@ -7,9 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from laf_py import cloud
@@ -171,6 +172,337 @@ def test_sql_outside_a_server_is_runtime_error() -> None:
     """cloud.sql exists only while a server runs."""
     with pytest.raises(RuntimeError, match="running"):
         _ = cloud.sql.engine
+
+
+# -- plain def functions: execute() and transaction() -------------------------------------
+
+
+def sqlite_url(folder: Path) -> str:
+    return f"sqlite+aiosqlite:///{folder / 'db' / 'laf.db'}"
+
+
+NOTES_FROM_PLAIN_DEF = """
+import threading
+
+from sqlalchemy import text
+
+from laf_py import cloud
+
+def main(ctx):
+    insert = text("INSERT INTO notes (title, body) VALUES (:title, :body)")
+    cloud.sql.execute(insert, ctx.body).result()  # a list of dicts: one row each
+    starred = cloud.sql.execute(
+        "UPDATE notes SET stars = stars + 1 WHERE title = :title", {"title": ctx.body[0]["title"]}
+    ).result()
+    rows = cloud.sql.execute("SELECT title, body, stars FROM notes ORDER BY title").result()
+    return {
+        "starred": starred.rowcount,
+        "notes": [dict(row) for row in rows.mappings()],
+        "on_main_thread": threading.current_thread() is threading.main_thread(),
+    }
+"""
+
+STAR_IN_TRANSACTION = """
+from sqlalchemy import text
+
+from laf_py import HTTPError, cloud
+
+def main(ctx):
+    title = ctx.query["title"]
+
+    def star(session):
+        found = text("SELECT stars FROM notes WHERE title = :title")
+        stars = session.execute(found, {"title": title}).scalar()
+        if stars is None:
+            raise LookupError(title)
+        change = text("UPDATE notes SET stars = :stars WHERE title = :title")
+        session.execute(change, {"stars": stars + 1, "title": title})
+        return stars + 1
+
+    try:
+        return {"stars": cloud.sql.transaction(star).result()}
+    except LookupError:
+        raise HTTPError(404, f"no note {title!r}") from None
+"""
+
+ADD_THEN_CHANGE_MIND = """
+from sqlalchemy import text
+
+from laf_py import cloud
+
+class ChangedMyMind(Exception):
+    pass
+
+def main(ctx):
+    def add(session):
+        session.execute(text("INSERT INTO notes (title, body) VALUES ('kept?', 'no')"))
+        raise ChangedMyMind("after the insert")
+
+    try:
+        cloud.sql.transaction(add).result()
+    except ChangedMyMind as exc:
+        return {"raised": repr(exc)}
+    return {"raised": None}
+"""
+
+SESSION_IN_PLAIN_DEF = """
+from laf_py import cloud
+
+def main(ctx):
+    try:
+        cloud.sql.session()
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+"""
+
+
+async def test_plain_def_runs_statements_with_execute(
+    serve, http, notes_dir: Path, database_url: str
+) -> None:
+    """cloud.sql.execute(...).result() in a plain def (a worker thread): many-row insert,
+    UPDATE rowcount, buffered SELECT rows, each committed; `await` works in async code."""
+    write_function(notes_dir, "notes/sync", NOTES_FROM_PLAIN_DEF)
+    notes = [{"title": "b", "body": "two"}, {"title": "a", "body": "one"}]
+    async with serve(notes_dir, database_url=database_url) as server:
+        response = await http.post(server.fn_url("notes/sync"), json=notes)
+        listed = await http.get(server.fn_url("notes/list"))
+        counted = await cloud.sql.execute("SELECT count(*) FROM notes")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["on_main_thread"] is False  # a worker thread: the loop runs on the main one
+    assert body["starred"] == 1
+    expected = [
+        {"title": "a", "body": "one", "stars": 0},
+        {"title": "b", "body": "two", "stars": 1},
+    ]
+    assert body["notes"] == expected
+    assert listed.json() == expected  # committed: another function sees it
+    assert counted.scalar() == 2
+
+
+async def test_plain_def_transaction_commits_what_work_did(
+    serve, http, notes_dir: Path, database_url: str
+) -> None:
+    """cloud.sql.transaction(work).result(): work gets a synchronous Session, its return value
+    comes back, its writes are committed; an exception from work reaches the caller."""
+    write_function(notes_dir, "notes/star", STAR_IN_TRANSACTION)
+    async with serve(notes_dir, database_url=database_url) as server:
+        await http.post(server.fn_url("notes/add"), json={"title": "t", "body": "x"})
+        first = await http.post(server.fn_url("notes/star"), params={"title": "t"})
+        second = await http.post(server.fn_url("notes/star"), params={"title": "t"})
+        missing = await http.post(server.fn_url("notes/star"), params={"title": "nope"})
+        listed = await http.get(server.fn_url("notes/list"))
+    assert (first.status_code, first.json()) == (200, {"stars": 1})
+    assert second.json() == {"stars": 2}
+    assert missing.status_code == 404
+    assert listed.json() == [{"title": "t", "body": "x", "stars": 2}]
+
+
+async def test_transaction_that_raises_is_rolled_back(
+    serve, http, notes_dir: Path, database_url: str
+) -> None:
+    """work() raising after an insert: the caller gets the exception, the insert is undone."""
+    write_function(notes_dir, "notes/undo", ADD_THEN_CHANGE_MIND)
+    async with serve(notes_dir, database_url=database_url) as server:
+        response = await http.post(server.fn_url("notes/undo"))
+        listed = await http.get(server.fn_url("notes/list"))
+    assert response.json() == {"raised": "ChangedMyMind('after the insert')"}
+    assert listed.json() == []
+
+
+async def test_transaction_refuses_an_async_function(
+    serve, functions_dir: Path, tmp_path: Path
+) -> None:
+    """transaction() takes a plain function of a Session; an async one is a TypeError at once
+    (it would never run its body), pointing to session()."""
+
+    async def work(session: object) -> None:
+        pass
+
+    async with serve(functions_dir, database_url=sqlite_url(tmp_path)):
+        with pytest.raises(TypeError, match=r"cloud\.sql\.session\(\)"):
+            cloud.sql.transaction(work)  # type: ignore[arg-type]
+
+
+async def test_session_in_plain_def_is_runtime_error_naming_the_helpers(
+    serve, http, functions_dir: Path, tmp_path: Path
+) -> None:
+    """cloud.sql.session() from a worker thread would take the server loop's connections to
+    another loop: it raises RuntimeError saying what to use instead."""
+    write_function(functions_dir, "session", SESSION_IN_PLAIN_DEF)
+    async with serve(functions_dir, database_url=sqlite_url(tmp_path)) as server:
+        response = await http.get(server.fn_url("session"))
+    message = response.json()["error"]
+    assert message is not None
+    assert "cloud.sql.execute(" in message
+    assert "cloud.sql.transaction(" in message
+    assert ".result()" in message
+
+
+# -- concurrent read-modify-write ----------------------------------------------------------
+
+CALLS = 20
+
+CREATE_COUNTER = """
+from laf_py import cloud
+
+def main(ctx):
+    cloud.sql.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)").result()
+    cloud.sql.execute("INSERT INTO counter (id, n) VALUES (1, 0)").result()
+"""
+
+# Each increment answers its new value, or 500 with the database's error for the test to show.
+INCREMENT_IN_ASYNC_SESSION = """
+from sqlalchemy import column, select, table, update
+
+from laf_py import Response, cloud
+
+counter = table("counter", column("id"), column("n"))
+
+async def main(ctx):
+    try:
+        async with cloud.sql.session() as session:
+            read = select(counter.c.n).where(counter.c.id == 1).with_for_update()
+            n = (await session.execute(read)).scalar_one() + 1
+            await session.execute(update(counter).where(counter.c.id == 1).values(n=n))
+            await session.commit()
+    except Exception as exc:
+        return Response({"error": repr(exc)}, status=500)
+    return {"n": n}
+"""
+
+INCREMENT_IN_TRANSACTION = """
+from sqlalchemy import select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from laf_py import Response, cloud
+
+class Base(DeclarativeBase):
+    pass
+
+class Counter(Base):
+    __tablename__ = "counter"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int]
+
+def increment(session):
+    counter = session.scalars(select(Counter).where(Counter.id == 1).with_for_update()).one()
+    counter.n += 1
+    return counter.n
+
+def main(ctx):
+    try:
+        return {"n": cloud.sql.transaction(increment).result()}
+    except Exception as exc:
+        return Response({"error": repr(exc)}, status=500)
+"""
+
+INCREMENT_IN_ONE_UPDATE = """
+from laf_py import Response, cloud
+
+def main(ctx):
+    try:
+        done = cloud.sql.execute("UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n")
+        return {"n": done.result().scalar_one()}
+    except Exception as exc:
+        return Response({"error": repr(exc)}, status=500)
+"""
+
+
+@pytest.mark.parametrize(
+    "increment",
+    [INCREMENT_IN_ASYNC_SESSION, INCREMENT_IN_TRANSACTION, INCREMENT_IN_ONE_UPDATE],
+    ids=["async-session", "plain-def-transaction", "plain-def-execute-update"],
+)
+async def test_concurrent_increments_are_never_lost(
+    serve, http, functions_dir: Path, database_url: str, increment: str
+) -> None:
+    """20 concurrent read-then-write calls: none fails ("database is locked" on SQLite), none
+    is lost (PostgreSQL's READ COMMITTED without FOR UPDATE): the counter ends at 20."""
+    write_function(functions_dir, "__init__", CREATE_COUNTER)
+    write_function(functions_dir, "increment", increment)
+    async with serve(functions_dir, database_url=database_url) as server:
+        responses = await asyncio.gather(
+            *(http.post(server.fn_url("increment")) for _ in range(CALLS))
+        )
+        final = (await cloud.sql.execute("SELECT n FROM counter WHERE id = 1")).scalar_one()
+    assert [r.text for r in responses if r.status_code != 200] == []
+    assert sorted(r.json()["n"] for r in responses) == list(range(1, CALLS + 1))
+    assert final == CALLS
+
+
+async def test_sqlite_second_read_then_write_session_waits_for_the_first(
+    serve, functions_dir: Path, tmp_path: Path
+) -> None:
+    """Session B starts while session A has read the counter and not yet written it. A
+    deferred BEGIN lets B read the old value, and B's write then fails at once with "database
+    is locked" (busy timeout or not); BEGIN IMMEDIATE makes B wait for A's commit instead."""
+    write_function(functions_dir, "__init__", CREATE_COUNTER)
+    read = text("SELECT n FROM counter WHERE id = 1")
+    write = text("UPDATE counter SET n = :n WHERE id = 1")
+    async with serve(functions_dir, database_url=sqlite_url(tmp_path)):
+        engine = cloud.sql.engine.sync_engine
+        b_is_in = asyncio.Event()  # B has read, or is waiting for the write lock
+        a_committed = asyncio.Event()
+
+        async def increment_b() -> int:
+            async with cloud.sql.session() as b:
+                n = (await b.execute(read)).scalar_one() + 1
+                await a_committed.wait()
+                await b.execute(write, {"n": n})
+                await b.commit()
+            return n
+
+        async with cloud.sql.session() as a:
+            n = (await a.execute(read)).scalar_one() + 1
+            a_connection = (await a.connection()).sync_connection
+
+            def before(connection: Any, _c: Any, statement: str, *_: Any) -> None:
+                if connection is not a_connection and statement.startswith("BEGIN IMMEDIATE"):
+                    b_is_in.set()
+
+            def after(connection: Any, _c: Any, statement: str, *_: Any) -> None:
+                if connection is not a_connection and statement.startswith("SELECT"):
+                    b_is_in.set()
+
+            event.listen(engine, "before_cursor_execute", before)
+            event.listen(engine, "after_cursor_execute", after)
+            try:
+                b_task = asyncio.ensure_future(increment_b())
+                await asyncio.wait_for(b_is_in.wait(), 10)
+                await a.execute(write, {"n": n})
+                await a.commit()
+                a_committed.set()
+            finally:
+                event.remove(engine, "before_cursor_execute", before)
+                event.remove(engine, "after_cursor_execute", after)
+        b_result = await b_task  # "database is locked" here without BEGIN IMMEDIATE
+        final = (await cloud.sql.execute(read)).scalar_one()
+    assert (n, b_result, final) == (1, 2, 2)
+
+
+async def test_sqlite_readers_do_not_wait_for_a_writing_session(
+    serve, functions_dir: Path, tmp_path: Path
+) -> None:
+    """While a session holds SQLite's write lock, cloud.kv reads and engine.connect() reads
+    (plain deferred transactions, in WAL mode) answer at once."""
+    async with serve(functions_dir, database_url=sqlite_url(tmp_path)):
+        await cloud.kv.set("k", "before")
+        async with cloud.sql.session() as writer:
+            await writer.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: holds the write lock
+            await writer.execute(text("UPDATE laf_kv SET value = '\"during\"' WHERE key = 'k'"))
+            value = await asyncio.wait_for(cloud.kv.get("k"), 5)
+            keys = await asyncio.wait_for(cloud.kv.keys(), 5)
+
+            async def read_with_engine() -> Any:
+                async with cloud.sql.engine.connect() as connection:
+                    return (await connection.execute(text("SELECT count(*) FROM laf_kv"))).scalar()
+
+            counted = await asyncio.wait_for(read_with_engine(), 5)
+            await writer.commit()
+        after = await cloud.kv.get("k")
+    assert (value, keys, counted, after) == ("before", ["k"], 1, "during")
 
 
 # -- laf-py's own schema -------------------------------------------------------------------

@@ -2,18 +2,30 @@
 
 SQLite (aiosqlite) by default, in WAL mode so readers never wait for the writer; PostgreSQL
 (asyncpg) when ``--database-url`` says so. laf-py's own tables live in the same database.
+
+Sessions, ``execute`` and ``transaction`` may read and then write, so on SQLite they begin with
+``BEGIN IMMEDIATE``: the write lock is taken up front, and a second writer waits for it (up to
+the busy timeout) instead of failing at once with "database is locked" when its read turns into
+a write. ``cloud.sql.engine`` keeps plain deferred transactions, so read-only work (``cloud.kv``
+reads, ``engine.connect()``) never queues behind a writer.
+
+The engine's connections belong to the server's event loop. ``execute`` and ``transaction`` run
+there from any thread and return a :class:`~laf_py.cloud.pending.Pending`; ``session()`` is for
+code already on that loop (async functions).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
-from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, CursorResult, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -21,6 +33,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import Executable
+
+from .delivery import LoopBridge
+from .pending import Pending, start
 
 __all__ = ["SQLITE_BEGIN", "SQLStore", "normalize_database_url", "redacted"]
 
@@ -33,6 +50,14 @@ _DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+
+T = TypeVar("T")
+
+OFF_THE_LOOP = (
+    "cloud.sql.session() works only on the server's event loop (in an 'async def' function); "
+    "in a plain 'def' use cloud.sql.execute(statement, params).result(), or "
+    "cloud.sql.transaction(fn).result() where fn(session) receives a synchronous Session"
+)
 
 
 def normalize_database_url(raw: str) -> str:
@@ -54,10 +79,12 @@ def redacted(url: str) -> str:
 
 
 class SQLStore:
-    """``cloud.sql.engine`` and ``async with cloud.sql.session() as session``."""
+    """``cloud.sql.engine``, ``async with cloud.sql.session() as session``, and for plain ``def``
+    functions ``cloud.sql.execute(...)`` and ``cloud.sql.transaction(fn)``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, bridge: LoopBridge | None = None) -> None:
         self.url = url
+        self._bridge = bridge
         parsed: URL = make_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
@@ -68,11 +95,59 @@ class SQLStore:
             _tune_sqlite(self.engine)
         else:
             self.engine = create_async_engine(url, pool_pre_ping=True)
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # The same pool; on SQLite its transactions take the write lock when they begin.
+        self._writer = (
+            self.engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+            if self.dialect == "sqlite"
+            else self.engine
+        )
+        self._sessions = async_sessionmaker(self._writer, expire_on_commit=False)
+
+    def attach(self, bridge: LoopBridge) -> None:
+        """The server's event loop: where ``execute`` and ``transaction`` run."""
+        self._bridge = bridge
 
     def session(self, **options: Any) -> AsyncSession:
-        """A new ORM session; use it as ``async with cloud.sql.session() as s:``."""
+        """A new ORM session; use it as ``async with cloud.sql.session() as s:``.
+
+        Only on the server's event loop: its connections belong to that loop. From a worker
+        thread (a plain ``def``) this raises RuntimeError; use :meth:`execute` or
+        :meth:`transaction` there.
+        """
+        if self._bridge is not None and not self._bridge.on_loop_thread():
+            raise RuntimeError(OFF_THE_LOOP)
         return self._sessions(**options)
+
+    def execute(
+        self,
+        statement: Executable | str,
+        params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    ) -> Pending[CursorResult[Any]]:
+        """Run one statement in a transaction of its own, committed; from any thread.
+
+        A string is taken as ``text(statement)`` with ``:name`` parameters. The result is
+        buffered: read its rows (``.all()``, ``.mappings()``, ``.scalar()``) or ``rowcount``
+        anywhere. ``await`` it in async code, ``.result()`` in a plain ``def``.
+        """
+        if isinstance(statement, str):
+            statement = text(statement)
+        return start(self._need_bridge("execute"), self._execute(statement, params))
+
+    def transaction(self, work: Callable[[Session], T]) -> Pending[T]:
+        """Run ``work(session)`` with a synchronous ORM ``Session`` in one transaction.
+
+        Committed when ``work`` returns (its return value is the result), rolled back when it
+        raises (the exception reaches the caller). ``work`` runs on the server's event loop,
+        so it should only talk to the database: no sleeping, no waiting for other calls.
+        """
+        if not callable(work):
+            raise TypeError(f"transaction() takes a function of a Session, got {work!r}")
+        if inspect.iscoroutinefunction(work):
+            raise TypeError(
+                "transaction() takes a plain function of a synchronous Session; in async code "
+                "use 'async with cloud.sql.session() as session'"
+            )
+        return start(self._need_bridge("transaction"), self._transaction(work))
 
     async def use_wal_mode(self, patience: float = 10.0) -> None:
         """Switch a SQLite file to WAL, once: readers then never wait for the writer.
@@ -100,6 +175,25 @@ class SQLStore:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    async def _execute(
+        self,
+        statement: Executable,
+        params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+    ) -> CursorResult[Any]:
+        async with self._writer.begin() as connection:
+            return await connection.execute(statement, params)
+
+    async def _transaction(self, work: Callable[[Session], T]) -> T:
+        async with self._sessions() as session:  # closing it rolls back what is not committed
+            outcome = await session.run_sync(work)
+            await session.commit()
+        return outcome
+
+    def _need_bridge(self, name: str) -> LoopBridge:
+        if self._bridge is None:
+            raise RuntimeError(f"cloud.sql.{name}() needs a running laf-py server")
+        return self._bridge
+
     def __repr__(self) -> str:
         return f"<SQLStore {redacted(self.url)}>"
 
@@ -120,7 +214,8 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Any) -> None:
-        # "BEGIN IMMEDIATE" when a transaction will read and then write (migrations): taking
-        # the write lock up front lets the busy timeout work instead of failing at once.
+        # "BEGIN IMMEDIATE" when a transaction may read and then write (sessions, execute,
+        # transaction, migrations): taking the write lock up front lets the busy timeout work,
+        # where a deferred transaction whose read turns into a write fails at once.
         mode = connection.get_execution_options().get(SQLITE_BEGIN, "")
         connection.exec_driver_sql(f"BEGIN {mode}".strip())
