@@ -4,8 +4,8 @@ a timer. Whichever way a call ends, it ends as if ``main`` had simply been await
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 from laf_py.core.context import FunctionContext
 from laf_py.core.invoke import FunctionExit, Invoker
 from laf_py.core.registry import Function
+from laf_py.core.threads import FunctionThreads
 from laf_py.exceptions import FunctionTimeoutError
 
 
@@ -23,9 +24,15 @@ def function(main: Callable[..., Any], timeout: float | None = None) -> Function
 
 
 @pytest.fixture
-async def invoker() -> Any:
-    with ThreadPoolExecutor(2) as pool:
-        yield Invoker(pool, default_timeout=5)
+def threads() -> Any:
+    pool = FunctionThreads(size=2)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture
+def invoker(threads: FunctionThreads) -> Invoker:
+    return Invoker(threads, default_timeout=5)
 
 
 def ctx() -> FunctionContext:
@@ -101,42 +108,58 @@ async def test_a_function_raising_cancelled_or_system_exit_is_an_ordinary_error(
 
 
 async def test_cancelling_the_caller_cancels_a_suspended_call(invoker: Invoker) -> None:
-    """The server cancelling a call (shutdown) reaches the function and stays a cancellation."""
-    started, cleaned = asyncio.Event(), asyncio.Event()
+    """The server cancelling a call (shutdown) reaches the function as a CancelledError, and
+    the call ends as cancelled."""
+    started = asyncio.Event()
+    seen: list[type[BaseException]] = []
 
     async def main(ctx: FunctionContext) -> None:
         started.set()
         try:
             await asyncio.sleep(30)
-        finally:
-            cleaned.set()
+        except BaseException as exc:
+            seen.append(type(exc))
+            raise
 
     task = asyncio.ensure_future(invoker.call(function(main), ctx()))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert cleaned.is_set()
+    assert seen == [asyncio.CancelledError]  # passed in, not GeneratorExit from a close()
 
 
-async def test_a_function_may_handle_the_cancellation_and_go_on(invoker: Invoker) -> None:
-    """What it awaits after catching the cancellation still works, as under a plain await."""
-    started = asyncio.Event()
+@pytest.mark.parametrize("ending", ["returns", "raises"])
+async def test_a_function_may_handle_the_cancellation_and_go_on(
+    invoker: Invoker, ending: str
+) -> None:
+    """What it awaits after catching the cancellation really runs (it waits for the test here),
+    and how it then ends is how the call ends, as under a plain await."""
+    started, caught, go_on = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def main(ctx: FunctionContext) -> str:
         started.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
-            await asyncio.sleep(0.001)
-            raise
+            caught.set()
+            await go_on.wait()
+            if ending == "raises":
+                raise ValueError("cleaned up, then failed") from None
+            return "cleaned up"
         return "unreachable"
 
     task = asyncio.ensure_future(invoker.call(function(main), ctx()))
     await started.wait()
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await asyncio.wait_for(caught.wait(), 5)
+    assert not task.done()  # the function is waiting for go_on
+    go_on.set()
+    if ending == "raises":
+        with pytest.raises(ValueError, match="cleaned up, then failed"):
+            await task
+    else:
+        assert await task == ("cleaned up", True)
 
 
 async def test_plain_def_runs_in_a_thread_under_the_limit(invoker: Invoker) -> None:
@@ -144,6 +167,29 @@ async def test_plain_def_runs_in_a_thread_under_the_limit(invoker: Invoker) -> N
         return "from a thread"
 
     assert await invoker.call(function(main), ctx()) == ("from a thread", True)
+
+
+async def test_a_timed_out_plain_def_gives_up_its_place_in_the_pool(
+    invoker: Invoker, threads: FunctionThreads
+) -> None:
+    """Plain defs past their limit stay stuck in their threads, but the invoker tells the pool,
+    so as many stuck calls as the pool has threads do not block the next call."""
+    gate = threading.Event()
+
+    def stuck(ctx: FunctionContext) -> None:
+        gate.wait(10)
+
+    def quick(ctx: FunctionContext) -> str:
+        return "ran"
+
+    try:
+        for _ in range(threads.size):
+            with pytest.raises(FunctionTimeoutError):
+                await invoker.call(function(stuck, timeout=0.05), ctx())
+        assert threads.abandoned == threads.size
+        assert await invoker.call(function(quick, timeout=2), ctx()) == ("ran", True)
+    finally:
+        gate.set()
 
 
 async def test_the_function_runs_in_the_callers_task_from_its_first_step(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -13,6 +16,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from laf_py import cloud
+from laf_py.server.runner import SHUTDOWN_BOUND
 
 from .conftest import wait_until, write_function
 
@@ -187,6 +191,191 @@ async def test_grace_limits_shutdown(
     assert code == 0
     output = server.read_rest()
     assert any("grace" in line and "ran out" in line for line in output.splitlines()), output
+
+
+# -- bounded whatever functions do -----------------------------------------------------------
+# After SIGTERM the process ends within --shutdown-grace + SHUTDOWN_BOUND. The orderly path
+# says "laf-py stopped"; the watchdog behind it says "shutdown still not done".
+
+GRACE = 0.5
+WATCHDOG = "shutdown still not done"
+
+# Writes its name to $EVENTS_FILE, then blocks a thread for a minute.
+STUCK_IN_THREADS = {
+    "plain": """
+import os
+import time
+
+def main(ctx):
+    with open(os.environ["EVENTS_FILE"], "a") as events:
+        events.write("plain\\n")
+    time.sleep(60)
+""",
+    "to_thread": """
+import asyncio
+import os
+import time
+
+async def main(ctx):
+    with open(os.environ["EVENTS_FILE"], "a") as events:
+        events.write("to_thread\\n")
+    await asyncio.to_thread(time.sleep, 60)
+""",
+}
+
+
+async def signal_and_time_exit(server, signum: int = signal.SIGTERM) -> tuple[int, float]:
+    """Send ``signum``; the exit code and how long the process took to exit."""
+    sent = time.monotonic()
+    server.process.send_signal(signum)
+    code = await wait_exit(server.process, GRACE + SHUTDOWN_BOUND + 5)
+    return code, time.monotonic() - sent
+
+
+@pytest.mark.parametrize("stuck", [["plain"], ["to_thread"], ["plain", "to_thread"]])
+async def test_threads_stuck_in_functions_do_not_hold_the_exit(
+    cli_server, functions_dir: Path, events: Path, http: httpx.AsyncClient, stuck: list[str]
+) -> None:
+    """Calls blocked in a plain def or in asyncio.to_thread: exit 0 right after the grace,
+    with one warning saying threads were left running."""
+    for name in stuck:
+        write_function(functions_dir, name, STUCK_IN_THREADS[name])
+    server = cli_server(
+        "--functions",
+        str(functions_dir),
+        "--shutdown-grace",
+        str(GRACE),
+        env={"EVENTS_FILE": str(events)},
+    )
+    calls = [asyncio.create_task(http.get(f"{server.url}/fn/{name}")) for name in stuck]
+    try:
+        await wait_until(lambda: all(recorded(events, name) for name in stuck))
+        code, took = await signal_and_time_exit(server)
+    finally:
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+    output = server.read_rest()
+    assert code == 0
+    assert took < GRACE + SHUTDOWN_BOUND, (took, output)
+    warnings = [line for line in output.splitlines() if "still running function code" in line]
+    assert len(warnings) == 1, output
+    assert f"exiting with {len(stuck)} thread(s)" in warnings[0]
+    assert "laf-py stopped" in output
+    assert WATCHDOG not in output
+
+
+THREAD_OF_ITS_OWN = """
+import threading
+import time
+
+def main(ctx):
+    # daemon=False: a thread started in a pool thread would be a daemon like it.
+    threading.Thread(target=time.sleep, args=(60,), name="sleeper", daemon=False).start()
+    return "started"
+"""
+
+
+async def test_a_thread_a_function_started_does_not_hold_the_exit(
+    cli_server, functions_dir: Path, http: httpx.AsyncClient
+) -> None:
+    """A non-daemon thread of the function's own would make Python wait at exit: the
+    watchdog ends the process at grace + SHUTDOWN_BOUND and names the thread."""
+    write_function(functions_dir, "spawn", THREAD_OF_ITS_OWN)
+    server = cli_server("--functions", str(functions_dir), "--shutdown-grace", str(GRACE))
+    assert (await http.get(f"{server.url}/fn/spawn")).text == "started"
+    code, took = await signal_and_time_exit(server)
+    output = server.read_rest()
+    assert code == 0
+    assert took < GRACE + SHUTDOWN_BOUND + 2, (took, output)
+    assert "laf-py stopped" in output  # the orderly part finished; then Python waited
+    watchdog = [line for line in output.splitlines() if WATCHDOG in line]
+    assert len(watchdog) == 1, output
+    assert "sleeper" in watchdog[0]
+
+
+class HangingRedis:
+    """A TCP proxy to the real Redis that can hang: after ``hang()`` it keeps every connection
+    open and passes no more bytes either way, as a Redis that stopped answering. (The
+    machine's Redis is shared with other tests, so it is never paused itself.) It runs its own
+    event loop in a thread: starting a CLI server blocks the test's loop."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._db = parts.path
+        self._hanging = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> HangingRedis:
+        self._thread.start()
+        listening = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
+        self.url = f"redis://127.0.0.1:{listening.result(10)}{self._db}"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def hang(self) -> None:
+        self._hanging.set()
+
+    async def _listen(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._hanging.is_set():
+            up_reader, upstream = await asyncio.open_connection(*self._target)
+            await asyncio.gather(self._pipe(reader, upstream), self._pipe(up_reader, writer))
+        await asyncio.Future()  # hung: hold the connection, answer nothing
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self._hanging.is_set():
+                await asyncio.Future()
+            writer.write(data)
+            await writer.drain()
+
+
+PRESENCE_SOCKET = """
+def main(ctx):
+    if ctx.method == "WebSocket:connection":
+        ctx.socket.user_id = ctx.query["user"]
+        ctx.socket.send("hi")
+"""
+
+
+async def test_a_hung_redis_does_not_hold_the_exit(
+    cli_server, functions_dir: Path, redis_url: str, cluster: str
+) -> None:
+    """Redis stops answering while a user is online: the user's offline event and leaving
+    the cluster wait on Redis, but only within the grace (and a moment past it); the orderly
+    shutdown finishes without the watchdog."""
+    write_function(functions_dir, "__websocket__", PRESENCE_SOCKET)
+    with HangingRedis(redis_url) as redis:
+        server = cli_server(
+            "--functions",
+            str(functions_dir),
+            "--redis-url",
+            redis.url,
+            "--cluster",
+            cluster,
+            "--shutdown-grace",
+            "1",
+        )
+        async with websockets.connect(server.ws_url + "?user=ada") as ws:
+            assert await ws.recv() == "hi"
+            redis.hang()
+            code, took = await signal_and_time_exit(server)
+    output = server.read_rest()
+    assert code == 0
+    assert took < 1 + SHUTDOWN_BOUND, (took, output)
+    assert "Redis did not answer while leaving the cluster" in output
+    assert "laf-py stopped" in output
+    assert WATCHDOG not in output
 
 
 # -- in-process ----------------------------------------------------------------------------

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
 from typing import Any
 
 from ..exceptions import FunctionTimeoutError
 from .context import FunctionContext
 from .eager import Done, start_now
 from .registry import Function
+from .threads import FunctionThreads
 
 __all__ = ["FunctionExit", "Invoker"]
 
@@ -26,22 +26,24 @@ class FunctionExit(RuntimeError):
 
 
 class Invoker:
-    """Runs functions for one runtime: its thread pool and its default time limit."""
+    """Runs functions for one runtime: its threads and its default time limit."""
 
-    def __init__(self, executor: Executor, default_timeout: float) -> None:
-        self._executor = executor
+    def __init__(self, threads: FunctionThreads, default_timeout: float) -> None:
+        self._threads = threads
         self._default_timeout = default_timeout
-        self._in_threads: set[Future[Any]] = set()
-
-    def threads_busy(self) -> int:
-        """How many plain-def calls are running in threads right now."""
-        return sum(1 for call in list(self._in_threads) if call.running())
 
     async def call(
-        self, function: Function, ctx: FunctionContext, interceptor: Function | None = None
+        self,
+        function: Function,
+        ctx: FunctionContext,
+        interceptor: Function | None = None,
+        on_reached: Callable[[], None] | None = None,
     ) -> tuple[Any, bool]:
         """Run ``function`` (through ``interceptor`` if given) and return its result and
         whether the function itself ran: False when the interceptor did not call ``next``.
+
+        ``on_reached`` is called just before the function itself starts, so a caller learns
+        that it ran even when it then raises.
 
         Raises what the function raises, or FunctionTimeoutError past its time limit.
         """
@@ -49,6 +51,8 @@ class Invoker:
         limit: asyncio.Timeout | None = None
         try:
             if interceptor is None:
+                if on_reached is not None:
+                    on_reached()
                 # A call that ends in its first step needs no timer: arming and disarming one
                 # costs ~5 µs, a few percent of a small HTTP call.
                 started = start_now(self._run(function, ctx))
@@ -56,7 +60,7 @@ class Invoker:
                     return started.value, True
                 work = started
             else:
-                work = self._intercept(interceptor, function, ctx)
+                work = self._intercept(interceptor, function, ctx, on_reached)
             async with asyncio.timeout(seconds) as limit:
                 result = await work
             return (result, True) if interceptor is None else result
@@ -77,22 +81,32 @@ class Invoker:
         assert main is not None, "callers check Function.error first"
         if function.is_async:
             return await main(ctx, *extra)
-        call = self._executor.submit(main, ctx, *extra)
-        self._in_threads.add(call)
-        call.add_done_callback(self._in_threads.discard)
-        result = await asyncio.wrap_future(call)
+        call = self._threads.submit(main, ctx, *extra)
+        try:
+            result = await asyncio.wrap_future(call)
+        except asyncio.CancelledError:
+            # Past its time limit (or the server is stopping): the thread cannot be stopped,
+            # but it must not keep its place in the pool while it finishes in the background.
+            self._threads.abandon(call)
+            raise
         if inspect.isawaitable(result):  # a plain def that returned a coroutine
             result = await result
         return result
 
     async def _intercept(
-        self, interceptor: Function, function: Function, ctx: FunctionContext
+        self,
+        interceptor: Function,
+        function: Function,
+        ctx: FunctionContext,
+        on_reached: Callable[[], None] | None,
     ) -> tuple[Any, bool]:
         reached = False
 
         async def next_async(inner_ctx: FunctionContext) -> Any:
             nonlocal reached
             reached = True
+            if on_reached is not None:
+                on_reached()
             return await self._run(function, inner_ctx)
 
         if interceptor.is_async:
@@ -104,6 +118,8 @@ class Invoker:
         def next_blocking(inner_ctx: FunctionContext) -> Any:
             nonlocal reached
             reached = True
+            if on_reached is not None:
+                loop.call_soon_threadsafe(on_reached)
             main: Callable[..., Any] | None = function.main
             assert main is not None
             if not function.is_async:

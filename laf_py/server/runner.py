@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
+import sys
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import tornado.httpserver
 import tornado.netutil
@@ -23,7 +29,16 @@ __all__ = ["Server", "serve"]
 
 log = logging.getLogger("laf_py")
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 SHUTDOWN_REASON = "server shutting down"
+
+# After a signal, the process ends at most this long after --shutdown-grace. The orderly path
+# needs less: the last close events (1 s), then the steps of Runtime.stop (presence events and
+# kv writes, on_unload, leaving the cluster, closing the database: runtime.STEP_MINIMUM each
+# once the grace is gone). A watchdog enforces it for the rest. Documented in the README.
+SHUTDOWN_BOUND = 3.0
 
 
 class Server:
@@ -74,6 +89,8 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, close every socket with 1001, let calls in flight finish."""
         grace = self.settings.shutdown_grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         self.activity.draining = True
         if self._http is not None:
             self._http.stop()
@@ -92,7 +109,9 @@ class Server:
         self.keepalive.stop()
         if self._http is not None:
             await self._http.close_all_connections()
-        await self.runtime.stop()
+        # What is left of the grace (and a moment per step once it is gone) for presence
+        # events and kv writes, leaving the cluster and closing the database.
+        await self.runtime.stop(timeout=max(0.0, deadline - loop.time()))
         log.info("laf-py stopped")
 
     def _close_listeners(self) -> None:
@@ -131,15 +150,67 @@ def serve_one(
     listeners: list[socket.socket] | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run one server in this process until SIGTERM or SIGINT."""
+    """Run one server in this process until SIGTERM or SIGINT.
+
+    Once a signal has come, the process ends within ``--shutdown-grace`` + SHUTDOWN_BOUND
+    seconds, whatever functions are doing.
+    """
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        finished = runner.run(_serve(settings, listeners, ready))
-    if not finished:
-        # A plain-def function is still running past the grace period. Python would wait for
-        # its thread at exit, however long it takes; shutdown must not.
-        log.warning("exiting with plain-def function calls still running in threads")
-        logging.shutdown()
-        os._exit(0)
+        busy = runner.run(_serve(settings, listeners, ready))
+        if busy:
+            # Function code still running in threads past the grace period: leaving this
+            # block would wait for the loop's executor, and Python's exit for every pool
+            # thread, however long they take. Shutdown must not.
+            _exit_now(
+                f"exiting with {busy} thread(s) still running function code "
+                "(plain def or asyncio.to_thread); not waiting for them"
+            )
+
+
+def _exit_now(warning: str) -> NoReturn:
+    log.warning("%s", warning)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
+def _exit_at(deadline: float) -> None:
+    """From a daemon thread: end the process at ``deadline`` (time.monotonic()) if it is
+    still there. The orderly shutdown bounds each of its steps, so this is the backstop for
+    what it cannot see: a task that ignores cancellation, a thread a function started, a
+    database driver's thread busy with a slow query, an event loop blocked by a function."""
+
+    def watch() -> None:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        _exit_now(
+            f"shutdown still not done {SHUTDOWN_BOUND:g}s after the grace period; exiting now "
+            f"(threads: {', '.join(others) or 'none'})"
+        )
+
+    threading.Thread(target=watch, name="laf-py shutdown watchdog", daemon=True).start()
+
+
+class _LoopExecutor(ThreadPoolExecutor):
+    """The event loop's default executor (``asyncio.to_thread``, ``run_in_executor(None,
+    ...)``), which knows how many of its calls are unfinished. It is a ThreadPoolExecutor
+    because asyncio's ``set_default_executor`` accepts nothing else."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="laf-to-thread")
+        self._unfinished: set[Future[Any]] = set()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future = super().submit(fn, *args, **kwargs)
+        self._unfinished.add(future)
+        future.add_done_callback(self._unfinished.discard)
+        return future
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._unfinished)
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -159,17 +230,22 @@ async def _serve(
     settings: Settings,
     listeners: list[socket.socket] | None,
     ready: Callable[[], None] | None,
-) -> bool:
+) -> int:
+    """Serve until a signal, stop; return how many threads are still running function code."""
     # Handlers first: a signal that arrives while starting still means a clean shutdown.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    background = _LoopExecutor()
+    loop.set_default_executor(background)
     server = Server(settings)
     await server.start(listeners)
     if ready is not None:
         ready()
     await stop.wait()
     log.info("shutting down (grace %gs)", settings.shutdown_grace)
+    _exit_at(time.monotonic() + settings.shutdown_grace + SHUTDOWN_BOUND)
     await server.stop()
-    return server.runtime.invoker.threads_busy() == 0
+    background.shutdown(wait=False, cancel_futures=True)
+    return server.runtime.threads.running + background.unfinished
