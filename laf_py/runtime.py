@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,8 @@ from .config import Settings
 from .core.context import INIT_METHOD, FunctionContext
 from .core.invoke import Invoker
 from .core.registry import INIT_FILE, INTERCEPTOR, WEBSOCKET, Function, FunctionRegistry
+from .core.threads import FunctionThreads
+from .core.unload import call_on_unload
 from .core.watcher import FolderWatcher
 from .exceptions import LafError
 from .presence import PresenceEvents
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 __all__ = ["Runtime", "StartupError"]
 
 log = logging.getLogger("laf_py")
+
+# Once the shutdown time has run out, each remaining step of stop() (waiting for presence
+# events and kv writes, leaving the Redis cluster, closing the database, ...) still gets this
+# long: enough for a healthy service to say goodbye, short for one that hangs.
+STEP_MINIMUM = 0.25
 
 
 class StartupError(LafError):
@@ -46,10 +52,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = FunctionRegistry(settings.functions_dir)
-        self.executor = ThreadPoolExecutor(
-            max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="laf-fn"
-        )
-        self.invoker = Invoker(self.executor, settings.timeout)
+        self.threads = FunctionThreads()  # plain-def functions run here
+        self.invoker = Invoker(self.threads, settings.timeout)
         self._sockets: SocketRegistry | None = None
         self._watcher: FolderWatcher | None = None
         self.bridge: LoopBridge | None = None
@@ -89,6 +93,7 @@ class Runtime:
         self._sockets = SocketRegistry(bridge, on_presence=presence)
         self.tokens = Tokens(self.settings.secret or load_or_create_secret(self.settings.data_dir))
         self.sql = await _open_database(self.settings.database)
+        self.sql.attach(bridge)
         self.kv = KeyValueStore(self.sql, bridge)
         self.kv.start_sweeping()
         if self.settings.redis_url:
@@ -96,7 +101,7 @@ class Runtime:
             presence.bus = self._sockets.bus = self._bus = bus
         cloud.attach(self._sockets, self.kv, self.sql, self.tokens)
         self._attached = True
-        functions = self.registry.load_all()
+        functions = await self.registry.load()  # imports in a worker thread
         broken = sum(1 for f in functions if f.error)
         log.info(
             "loaded %d function(s) from %s%s",
@@ -109,23 +114,41 @@ class Runtime:
             self._watcher = FolderWatcher(self.registry.root, self._on_files_changed)
             await self._watcher.start()
 
-    async def stop(self) -> None:
-        """Let started work (kv writes, presence events) finish, then close everything."""
-        if self._watcher is not None:
-            await self._watcher.stop()
-        if self.bridge is not None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """Let started work (kv writes, presence events) finish, then close everything.
+
+        Takes ``timeout`` seconds at most (default: the shutdown grace), plus STEP_MINIMUM
+        per step when the time has run out: a hung Redis or database must not hold the exit.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.settings.shutdown_grace if timeout is None else timeout)
+
+        async def step(work: Awaitable[None], too_slow: str) -> None:
+            seconds = max(deadline - loop.time(), STEP_MINIMUM)
             try:
-                await asyncio.wait_for(self.bridge.drain(), self.settings.shutdown_grace)
+                await asyncio.wait_for(work, seconds)
             except TimeoutError:
-                log.warning("stopping with kv writes or presence events still unfinished")
+                log.warning("%s (gave up after %.2fs)", too_slow, seconds)
+
+        if self._watcher is not None:
+            await step(self._watcher.stop(), "the file watcher did not stop")
+        if self.bridge is not None:
+            await step(
+                self.bridge.drain(), "stopping with kv writes or presence events still unfinished"
+            )
+        await step(self._unload_functions(), "on_unload() of the functions did not finish")
         if self._bus is not None:
-            await self._bus.stop()
+            await step(
+                self._bus.stop(),
+                "Redis did not answer while leaving the cluster; other nodes drop this node "
+                "once its heartbeat stops",
+            )
             self._bus = None
         if self.kv is not None:
-            await self.kv.stop_sweeping()
+            await step(self.kv.stop_sweeping(), "the kv sweeper did not stop")
         if self.sql is not None:
-            await self.sql.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+            await step(self.sql.close(), "the database did not close its connections")
+        self.threads.shutdown()  # never waits for calls still running
         self.registry.close()
         if self._attached:
             cloud.detach()
@@ -144,11 +167,25 @@ class Runtime:
             reason = f"{type(exc).__name__}: {exc}"
             raise StartupError(f"functions/__init__.py failed: {reason}") from exc
 
-    def _on_files_changed(self, paths: set[Path]) -> None:
-        names = ", ".join(sorted(_relative(p, self.registry.root) for p in paths))
-        functions = self.registry.reload()
-        broken = sum(1 for f in functions if f.error)
-        log.info("reloaded after change to %s%s", names, f" ({broken} failed)" if broken else "")
+    async def _on_files_changed(self, paths: set[Path]) -> None:
+        """Import what changed in the import thread, swap it in, then clean up the old."""
+        result = await self.registry.refresh(paths)
+        if result.loaded or result.removed or (result.changed and not result.init_changed):
+            broken = sum(1 for f in result.loaded if f.error)
+            log.info(
+                "reloaded %s after change to %s%s",
+                ", ".join(f.name for f in result.loaded) or "no function",
+                ", ".join(result.changed) or "the folder",
+                f" ({broken} failed)" if broken else "",
+            )
+            if result.removed:
+                log.info("removed %s", ", ".join(result.removed))
+        await call_on_unload(result.unloaded, self.settings.timeout, self.registry.display)
+
+    async def _unload_functions(self) -> None:
+        """At shutdown: the ``on_unload()`` of every loaded function and helper module."""
+        timeout = min(self.settings.timeout, self.settings.shutdown_grace)
+        await call_on_unload(self.registry.loaded_modules(), timeout, self.registry.display)
 
 
 async def _join_cluster(
@@ -191,10 +228,3 @@ async def _open_database(url: str) -> SQLStore:
             "(check --database-url / LAF_DATABASE_URL)"
         ) from exc
     return store
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)

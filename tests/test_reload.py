@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
+from laf_py import cloud
+from laf_py.core.imports import imported_modules
 from laf_py.runtime import StartupError
 
-from .conftest import wait_until, write_function
+from .conftest import CliServer, wait_until, write_function
 
 
 def text_function(body: str) -> str:
@@ -104,17 +110,36 @@ async def test_folder_moved_in_becomes_reachable(
 
 
 async def test_reload_off_keeps_old_code(
-    serve, functions_dir: Path, http: httpx.AsyncClient
+    serve,
+    functions_dir: Path,
+    tmp_path: Path,
+    http: httpx.AsyncClient,
+    cli_server: Callable[..., CliServer],
 ) -> None:
-    """With reload=False an edited file keeps answering with the code loaded at start."""
+    """With reload=False an edited file keeps answering with the code loaded at start, also
+    once a server with reload on, watching the same folder, has picked up the edits."""
     write_function(functions_dir, "greet", text_function("one"))
     async with serve(functions_dir, reload=False) as server:
         url = server.fn_url("greet")
         assert (await http.get(url)).text == "one"
+        # The witness: `laf-py serve` with reload on, over the same folder, in its own process
+        # (one process hosts one functions folder).
+        witness = cli_server(
+            *("--functions", str(functions_dir), "--reload", "true"),
+            *("--database-url", f"sqlite:///{tmp_path / 'witness.db'}"),
+        )
+        assert (await http.get(f"{witness.url}/fn/greet")).text == "one"
         write_function(functions_dir, "greet", text_function("three"))
         write_function(functions_dir, "added", text_function("new"))
+        await wait_until(lambda: answers(http, f"{witness.url}/fn/added", 200, "new"))
+        assert (await http.get(f"{witness.url}/fn/greet")).text == "three"
+        # One more full reload cycle of the witness (inotify, debounce, import, swap): by its
+        # end a reloading server would have long applied the first edits.
+        write_function(functions_dir, "probe", text_function("second"))
+        await wait_until(lambda: answers(http, f"{witness.url}/fn/probe", 200, "second"))
         assert (await http.get(url)).text == "one"
         assert (await http.get(server.fn_url("added"))).status_code == 404
+        assert (await http.get(server.fn_url("probe"))).status_code == 404
 
 
 # -- WebSocket across a reload ------------------------------------------------------------
@@ -333,6 +358,26 @@ async def test_init_does_not_run_again_on_reload(
         assert (await http.get(url)).json() == {"value": 1}
 
 
+async def test_init_change_is_logged_and_not_applied(
+    serve, functions_dir: Path, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Editing ``__init__.py`` logs one line saying it runs again at the next start; the file
+    is not imported again."""
+    init_source = recorded("def main(ctx):\n    pass{pad}\n")
+    write_function(functions_dir, "__init__", init_source.format(pad=""))
+    async with serve(functions_dir) as server:
+        assert imports_so_far() == ["__init__"]
+        caplog.clear()
+        write_function(functions_dir, "__init__", init_source.format(pad="  # edited"))
+        # Written after __init__.py: once its new code answers, a reload saw both edits.
+        write_function(functions_dir, "probe", text_function("edited"))
+        await wait_until(lambda: answers(http, server.fn_url("probe"), 200, "edited"))
+        lines = [r.getMessage() for r in caplog.records if "__init__.py" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert "next start" in lines[0]
+        assert imports_so_far() == ["__init__"]
+
+
 async def test_failing_init_stops_startup(serve, functions_dir: Path) -> None:
     """An ``__init__`` that raises makes ``serve(...)`` raise StartupError."""
     write_function(
@@ -346,3 +391,309 @@ async def test_failing_init_stops_startup(serve, functions_dir: Path) -> None:
     with pytest.raises(StartupError, match=r"functions/__init__.py failed: .*no database"):
         async with serve(functions_dir):
             pytest.fail("the server must not start")
+
+
+# -- what a change reloads ----------------------------------------------------------------
+
+# Each module records its import (module name, thread) in cloud.shared["imports"].
+RECORD_IMPORT = """
+import threading
+from laf_py import cloud
+cloud.shared.setdefault("imports", []).append((__name__, threading.current_thread().name))
+"""
+
+
+def recorded(source: str) -> str:
+    return RECORD_IMPORT + textwrap.dedent(source)
+
+
+def imports_so_far() -> list[str]:
+    """The modules imported since the server started, in order, without the package prefix."""
+    return [name.removeprefix("laf_functions.") for name, _ in cloud.shared.get("imports", [])]
+
+
+async def test_editing_one_file_reimports_only_that_file(
+    serve, functions_dir: Path, http: httpx.AsyncClient
+) -> None:
+    """Editing, adding or deleting a file imports no other file again; imports at start-up
+    and on reload both run in the import thread, never on the event loop."""
+    for name in ("alpha", "beta"):
+        write_function(functions_dir, name, recorded(text_function(f"{name} v1")))
+    async with serve(functions_dir) as server:
+        assert imports_so_far() == ["alpha", "beta"]
+        write_function(functions_dir, "alpha", recorded(text_function("alpha v2")))
+        await wait_until(lambda: answers(http, server.fn_url("alpha"), 200, "alpha v2"))
+        assert imports_so_far() == ["alpha", "beta", "alpha"]
+        write_function(functions_dir, "gamma", recorded(text_function("gamma v1")))
+        await wait_until(lambda: answers(http, server.fn_url("gamma"), 200, "gamma v1"))
+        (functions_dir / "gamma.py").unlink()
+        await wait_until(lambda: answers(http, server.fn_url("gamma"), 404))
+        assert imports_so_far() == ["alpha", "beta", "alpha", "gamma"]
+        assert (await http.get(server.fn_url("beta"))).text == "beta v1"
+        threads = {thread for _, thread in cloud.shared["imports"]}
+        assert all(thread.startswith("laf-import") for thread in threads), threads
+
+
+HELPER_DEPENDENTS = {
+    # the helper everything below depends on
+    "_db": "VALUE = {value!r}\n",
+    # every way of importing it, directly and through another helper
+    "direct": "from laf_functions import _db\n\ndef main(ctx):\n    return _db.VALUE\n",
+    "dotted": "import laf_functions._db\n\ndef main(ctx):\n    return laf_functions._db.VALUE\n",
+    "relative": "from . import _db\n\ndef main(ctx):\n    return _db.VALUE\n",
+    "_lib/cache": "from .. import _db\n\ndef value():\n    return _db.VALUE\n",
+    "transitive": "from ._lib import cache\n\ndef main(ctx):\n    return cache.value()\n",
+    "nested/deep": "from .._lib.cache import value\n\ndef main(ctx):\n    return value()\n",
+    "lazy": "def main(ctx):\n    from laf_functions._db import VALUE\n    return VALUE\n",
+    # and files that have nothing to do with it
+    "_other": "VALUE = 'other'\n",
+    "unrelated": "from laf_functions import _other\n\ndef main(ctx):\n    return _other.VALUE\n",
+}
+USERS_OF_DB = ["direct", "dotted", "relative", "transitive", "nested/deep", "lazy"]
+
+
+async def test_helper_edit_reloads_exactly_its_importers(
+    serve, functions_dir: Path, http: httpx.AsyncClient
+) -> None:
+    """Editing ``_db.py`` imports again ``_db`` and the files that import it, directly (every
+    import form) or through ``_lib/cache.py``, and nothing else."""
+    for name, source in HELPER_DEPENDENTS.items():
+        write_function(functions_dir, name, recorded(source.format(value="one")))
+    async with serve(functions_dir) as server:
+        for name in USERS_OF_DB:
+            assert (await http.get(server.fn_url(name))).text == "one", name
+        assert (await http.get(server.fn_url("unrelated"))).text == "other"
+        before = len(imports_so_far())
+        write_function(functions_dir, "_db", recorded(HELPER_DEPENDENTS["_db"].format(value="two")))
+        for name in USERS_OF_DB:
+            await wait_until(lambda name=name: answers(http, server.fn_url(name), 200, "two"))
+        again = imports_so_far()[before:]
+        assert sorted(again) == sorted(
+            ["_db", "_lib.cache", *(name.replace("/", ".") for name in USERS_OF_DB)]
+        ), again
+        assert (await http.get(server.fn_url("unrelated"))).text == "other"
+
+
+async def test_broken_helper_fails_its_importers_until_fixed(
+    serve, functions_dir: Path, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A helper that stops importing fails the functions that import it, with its own file
+    and line in the log; fixing it brings them back."""
+    (functions_dir / "_db.py").write_text("VALUE = 'one'\n")
+    write_function(functions_dir, "user", HELPER_DEPENDENTS["direct"])
+    write_function(functions_dir, "steady", text_function("steady"))
+    async with serve(functions_dir) as server:
+        url = server.fn_url("user")
+        assert (await http.get(url)).text == "one"
+        caplog.clear()
+        (functions_dir / "_db.py").write_text("VALUE = (\n")
+        await wait_until(lambda: answers(http, url, 500))
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("_db.py" in line and "line 1" in line for line in lines), lines
+        assert (await http.get(server.fn_url("steady"))).text == "steady"
+        (functions_dir / "_db.py").write_text("VALUE = 'fixed'\n")
+        await wait_until(lambda: answers(http, url, 200, "fixed"))
+
+
+def test_imports_are_read_from_the_source() -> None:
+    """Every static import form counts, also inside functions; importlib calls do not."""
+    source = """
+import os
+import laf_functions._db
+import laf_functions.user.profile as profile
+from laf_functions import _a, _b as bee
+from laf_functions._lib import cache
+from . import _sibling
+from ._lib.x import y
+from .. import up
+
+def main(ctx):
+    from laf_functions import _lazy
+    return importlib.import_module("laf_functions._dynamic")
+"""
+    found = imported_modules(source, "laf_functions.team.page", is_package=False)
+    expected = {
+        "laf_functions.team",  # its own package runs first
+        "laf_functions._db",
+        "laf_functions.user",
+        "laf_functions.user.profile",
+        "laf_functions._a",
+        "laf_functions._b",
+        "laf_functions._lib",
+        "laf_functions._lib.cache",
+        "laf_functions.team._sibling",
+        "laf_functions.team._lib.x",
+        "laf_functions.up",
+        "laf_functions._lazy",
+    }
+    assert expected <= found, expected - found
+    assert "laf_functions._dynamic" not in found
+    assert all(name.startswith("laf_functions.") for name in found)
+    # In a package (team.py beside team/), `.` is the package itself.
+    assert "laf_functions.team._sibling" in imported_modules(
+        "from . import _sibling", "laf_functions.team", is_package=True
+    )
+    assert imported_modules("def broken(:", "laf_functions.x", is_package=False) == set()
+
+
+# -- a slow import does not stall the server ----------------------------------------------
+
+SLOW_IMPORT = """
+import time
+from laf_py import cloud
+
+cloud.shared.set("slow_started", time.monotonic())
+time.sleep({seconds})
+cloud.shared.set("slow_finished", time.monotonic())
+
+def main(ctx):
+    return "slow v2"
+"""
+
+
+async def test_slow_import_does_not_stall_other_calls(
+    serve, functions_dir: Path, http: httpx.AsyncClient
+) -> None:
+    """While a changed file takes 1.5 s to import, other calls are answered at once, and the
+    changed function answers with its old code until the import is done."""
+    write_function(functions_dir, "slow", text_function("slow v1"))
+    write_function(functions_dir, "fast", "async def main(ctx):\n    return 'fast'\n")
+    async with serve(functions_dir) as server:
+        calls: list[tuple[float, float]] = []  # (sent, answered)
+
+        async def keep_calling() -> None:
+            while True:
+                sent = time.monotonic()
+                assert (await http.get(server.fn_url("fast"))).text == "fast"
+                calls.append((sent, time.monotonic()))
+
+        caller = asyncio.create_task(keep_calling())
+        try:
+            write_function(functions_dir, "slow", SLOW_IMPORT.format(seconds=1.5))
+            await wait_until(lambda: cloud.shared.has("slow_started"))
+            assert (await http.get(server.fn_url("slow"))).text == "slow v1"
+            await wait_until(lambda: answers(http, server.fn_url("slow"), 200, "slow v2"))
+        finally:
+            caller.cancel()
+        started, finished = cloud.shared["slow_started"], cloud.shared["slow_finished"]
+        during = [answered - sent for sent, answered in calls if started <= sent < finished]
+        assert len(during) >= 5, calls
+        assert max(during) < 0.5, max(during)
+
+
+# -- on_unload ----------------------------------------------------------------------------
+
+UNLOAD_FETCHING = """
+import httpx
+from laf_functions import _res
+
+def main(ctx):
+    _res.URL.setdefault("self", ctx.query.get("self"))
+    return "v1"
+
+async def on_unload():
+    # By now the new version serves this function.
+    async with httpx.AsyncClient() as client:
+        answer = (await client.get(_res.URL["self"])).text
+    with open({events!r}, "a") as events:
+        events.write(f"keeper-v1 saw {{answer}}\\n")
+"""
+
+UNLOAD_ASYNC = """
+from laf_functions import _res
+
+def main(ctx):
+    return "v2"
+
+async def on_unload():
+    with open({events!r}, "a") as events:
+        events.write("keeper-v2\\n")
+"""
+
+UNLOAD_PLAIN = """
+import threading
+URL = {{}}
+
+def main(ctx):
+    return "{tag}"
+
+def on_unload():
+    assert threading.current_thread() is not threading.main_thread()
+    with open({events!r}, "a") as events:
+        events.write("{tag}\\n")
+"""
+
+
+async def test_on_unload_runs_after_replacement_deletion_and_shutdown(
+    serve, functions_dir: Path, tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    """``on_unload()`` (async or plain def) of the old module runs once the new version serves;
+    of a deleted file once it is gone; of every module at shutdown, importers first."""
+    events = tmp_path / "events.txt"
+    events.write_text("")
+
+    def lines() -> list[str]:
+        return events.read_text().splitlines()
+
+    write_function(functions_dir, "_res", UNLOAD_PLAIN.format(events=str(events), tag="res"))
+    write_function(functions_dir, "keeper", UNLOAD_FETCHING.format(events=str(events)))
+    write_function(functions_dir, "gone", UNLOAD_PLAIN.format(events=str(events), tag="gone"))
+    async with serve(functions_dir) as server:
+        url = server.fn_url("keeper")
+        assert (await http.get(url, params={"self": url})).text == "v1"
+        write_function(functions_dir, "keeper", UNLOAD_ASYNC.format(events=str(events)))
+        await wait_until(lambda: answers(http, url, 200, "v2"))
+        await wait_until(lambda: lines() == ["keeper-v1 saw v2"])
+        (functions_dir / "gone.py").unlink()
+        await wait_until(lambda: answers(http, server.fn_url("gone"), 404))
+        await wait_until(lambda: lines() == ["keeper-v1 saw v2", "gone"])
+    assert lines() == ["keeper-v1 saw v2", "gone", "keeper-v2", "res"]
+
+
+async def test_on_unload_errors_and_overruns_are_logged(
+    serve, functions_dir: Path, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ``on_unload()`` that raises, or outlasts the time limit, is logged naming its file;
+    the server goes on serving the new code."""
+    write_function(
+        functions_dir,
+        "fragile",
+        """
+        def main(ctx):
+            return "v1"
+
+        def on_unload():
+            raise RuntimeError("cleanup exploded")
+        """,
+    )
+    write_function(
+        functions_dir,
+        "stuck",
+        """
+        import asyncio
+
+        def main(ctx):
+            return "v1"
+
+        async def on_unload():
+            await asyncio.sleep(60)
+        """,
+    )
+    async with serve(functions_dir, timeout=0.5) as server:
+        caplog.clear()
+        write_function(functions_dir, "fragile", text_function("v2"))
+        write_function(functions_dir, "stuck", text_function("v2"))
+
+        def logged(file: str, text: str) -> list[logging.LogRecord]:
+            return [
+                r
+                for r in caplog.records
+                if r.levelno >= logging.ERROR and file in r.getMessage() and text in r.getMessage()
+            ]
+
+        await wait_until(lambda: logged("stuck.py", "did not finish within 0.5s"))
+        failed = await wait_until(lambda: logged("fragile.py", "on_unload() failed"))
+        assert failed[0].exc_info is not None
+        assert "cleanup exploded" in str(failed[0].exc_info[1])
+        assert (await http.get(server.fn_url("fragile"))).text == "v2"
+        assert (await http.get(server.fn_url("stuck"))).text == "v2"

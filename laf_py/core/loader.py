@@ -1,6 +1,7 @@
 """Import function files as modules of one synthetic package, ``laf_functions``.
 
 Function files can share code the ordinary way (``from laf_functions import _helpers``).
+The registry imports them in its import thread, never on the event loop.
 Modules are compiled from source on every load: bytecode caches are keyed by mtime and size,
 so two edits within one second could otherwise bring back the old code.
 """
@@ -14,7 +15,7 @@ import importlib.util
 import sys
 import traceback
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..exceptions import FunctionLoadError, LafError
@@ -86,6 +87,7 @@ class ModuleLoader:
                 "another laf-py server is already running in this process; "
                 "run one server per process (use --workers for more)"
             )
+        self.purge()  # anything a previous server's import thread left behind
         package = types.ModuleType(PACKAGE, "Function files of the running laf-py server.")
         package.__path__ = [str(self.root)]
         package.__laf_loader__ = self  # type: ignore[attr-defined]
@@ -102,16 +104,33 @@ class ModuleLoader:
             sys.modules.pop(name, None)
             raise self._describe(exc, path) from exc
 
-    def purge(self) -> None:
-        """Forget every loaded module so the next load reads the files again."""
-        package = sys.modules.get(PACKAGE)
-        for name in [n for n in list(sys.modules) if n.startswith(PACKAGE + ".")]:
-            del sys.modules[name]
-            # `from laf_functions import x` reads the package attribute before sys.modules.
-            child = name.removeprefix(PACKAGE + ".")
-            if package is not None and "." not in child:
-                package.__dict__.pop(child, None)
+    def loaded(self) -> dict[str, types.ModuleType]:
+        """The ``laf_functions.*`` modules imported now, by name."""
+        prefix = PACKAGE + "."
+        return {
+            name: module
+            for name, module in list(sys.modules.items())
+            if name.startswith(prefix) and module is not None
+        }
+
+    def purge(self, names: Iterable[str] | None = None) -> dict[str, types.ModuleType]:
+        """Forget the modules ``names`` (all of them when None), so the next import reads
+        their files again; return the modules that were loaded."""
+        loaded = self.loaded()
+        dropped: dict[str, types.ModuleType] = {}
+        for name in loaded if names is None else names:
+            module = sys.modules.pop(name, None)
+            if module is None:
+                continue
+            dropped[name] = module
+            # `from laf_functions.a import b` reads the attribute of the parent before
+            # sys.modules.
+            parent, _, child = name.rpartition(".")
+            owner = sys.modules.get(parent)
+            if owner is not None and owner.__dict__.get(child) is module:
+                del owner.__dict__[child]
         importlib.invalidate_caches()
+        return dropped
 
     def close(self) -> None:
         if not self._installed:

@@ -2,23 +2,37 @@
 
 Names come only from scanning the folder, so a request can reach nothing but a file that is
 really inside it: ``..``, absolute paths and symlinks that lead out are simply not names.
+
+Loading never happens on the event loop. :meth:`FunctionRegistry.load` (start-up) and
+:meth:`FunctionRegistry.refresh` (hot reload) import files in a worker thread, one load at a
+time, so a module that takes seconds to import stalls no other call; then the new
+:class:`Function` objects replace the old ones in one assignment on the loop.
+:meth:`~FunctionRegistry.get` only reads.
+
+A refresh imports again only the files that changed and the files that import them, directly
+or through other modules (:mod:`.imports` reads the import statements). ``__init__.py`` is
+loaded at start-up only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple, TypeVar
 
 from ..exceptions import FunctionLoadError
-from .loader import ModuleLoader
+from .daemon import in_daemon_thread
+from .imports import ImportGraph, imported_modules, parents
+from .loader import ModuleLoader, module_name
 
-__all__ = ["Function", "FunctionRegistry", "is_public_name"]
+__all__ = ["Function", "FunctionRegistry", "Reloaded", "is_public_name"]
 
 log = logging.getLogger("laf_py")
 
@@ -29,6 +43,9 @@ PRESENCE = "__presence__"
 RESERVED = frozenset({WEBSOCKET, INTERCEPTOR, INIT_FILE, PRESENCE})
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+_INIT_MODULE = module_name(INIT_FILE)
+
+T = TypeVar("T")
 
 
 def is_public_name(name: str) -> bool:
@@ -49,21 +66,44 @@ class Function:
     error: FunctionLoadError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """What one :meth:`FunctionRegistry.refresh` did."""
+
+    changed: tuple[str, ...]  # the files that changed, as the user knows them
+    loaded: tuple[Function, ...]  # functions imported again or for the first time
+    removed: tuple[str, ...]  # functions whose file is gone
+    unloaded: tuple[ModuleType, ...]  # the old modules replaced or removed, importers first
+    init_changed: bool  # functions/__init__.py changed (it is not loaded again)
+
+
+class _File(NamedTuple):
+    path: Path
+    stamp: tuple[int, int, int]  # mtime_ns, size, inode
+    is_package: bool  # x.py beside a folder x/, or x/__init__.py
+
+
+class _Plan(NamedTuple):
+    functions: dict[str, Function]
+    result: Reloaded
+
+
 class FunctionRegistry:
-    """Scans a functions folder, loads its files and reloads them on change."""
+    """Scans a functions folder, loads its files and reloads what changed."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self._loader = ModuleLoader(self.root)
-        self._paths: dict[str, Path] = {}
         self._functions: dict[str, Function] = {}
+        # Owned by whoever runs _prepare (the import thread; one at a time under _lock).
+        self._files: dict[str, _File] = {}  # module name → file, helpers included
+        self._graph = ImportGraph()
+        self._warned: set[Path] = set()
+        self._lock = asyncio.Lock()
 
     def get(self, name: str) -> Function | None:
-        """The function called ``name``, loading it if needed; None when there is no such file."""
-        function = self._functions.get(name)
-        if function is None and name in self._paths:
-            function = self._functions[name] = self._load(name, self._paths[name])
-        return function
+        """The function called ``name``; None when there is no such file. Never imports."""
+        return self._functions.get(name)
 
     def public(self, name: str) -> Function | None:
         """Like :meth:`get`, but only for names that HTTP may reach."""
@@ -73,38 +113,174 @@ class FunctionRegistry:
         """Claim the ``laf_functions`` package for this folder (LafError if taken)."""
         self._loader.install()
 
-    def load_all(self) -> list[Function]:
-        """Scan the folder and import every file, so broken ones are reported now."""
-        self._loader.install()
-        self._paths = dict(self._scan())
-        self._functions.clear()
-        return [f for name in sorted(self._paths) if (f := self.get(name)) is not None]
+    async def load(self) -> list[Function]:
+        """Scan the folder and import every file in the import thread, so broken ones are
+        reported now; then make them the functions served."""
+        self.install()
+        async with self._lock:
+            plan = await self._in_thread(self._prepare, None)
+            self._functions = plan.functions
+        return sorted(plan.functions.values(), key=lambda f: f.name)
 
-    def reload(self) -> list[Function]:
-        """Drop every loaded module (helpers included) and load the folder again."""
-        self._loader.purge()
-        return self.load_all()
+    def load_all(self) -> list[Function]:
+        """:meth:`load` in the calling thread, for tools and tests without an event loop."""
+        self.install()
+        plan = self._prepare(None)
+        self._functions = plan.functions
+        return sorted(plan.functions.values(), key=lambda f: f.name)
+
+    async def refresh(self, reported: set[Path]) -> Reloaded:
+        """Bring the functions up to date with the folder after files changed.
+
+        ``reported`` are the paths a watcher saw change (they count as changed even when
+        their size and mtime look the same); the folder is scanned as well. The changed files
+        and everything that imports them are imported again in the import thread; the new
+        functions then replace the old ones at once, so a call in flight finishes with the
+        code it started with. The old modules are in the result, for their ``on_unload()``.
+        """
+        async with self._lock:
+            try:
+                plan = await self._in_thread(self._prepare, reported)
+            except Exception:
+                self._files = {}  # the next refresh sees every file as changed
+                raise
+            self._functions = plan.functions
+        if plan.result.init_changed:
+            log.warning(
+                "%s changed: it runs only at start-up, so the change takes effect at the next "
+                "start",
+                self._loader.display(str(self.root / "__init__.py")),
+            )
+        return plan.result
+
+    def loaded_modules(self) -> list[ModuleType]:
+        """Every function and helper module imported now, importers first."""
+        loaded = self._loader.loaded()
+        return [loaded[name] for name in self._graph.importers_first(loaded)]
+
+    def display(self, module: ModuleType) -> str:
+        """A module's file as the user knows it."""
+        return self._loader.display(getattr(module, "__file__", None) or module.__name__)
 
     def close(self) -> None:
-        self._paths.clear()
-        self._functions.clear()
+        self._functions = {}
+        self._files = {}
+        self._graph.clear()
         self._loader.close()
 
-    def _scan(self) -> Iterator[tuple[str, Path]]:
-        for folder, dirs, files in os.walk(self.root):
-            dirs[:] = [d for d in dirs if _SEGMENT.fullmatch(d) and d != "__pycache__"]
-            for file in files:
-                stem, dot, suffix = file.rpartition(".")
+    async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        # A daemon thread per load: a module that never finishes importing must not hold
+        # the exit. One load at a time: callers hold _lock.
+        return await in_daemon_thread(work, *args, name="laf-import")
+
+    def _prepare(self, reported: set[Path] | None) -> _Plan:
+        """Scan, import what changed (everything when ``reported`` is None) and return the
+        functions to serve next. Runs in the import thread; touches no served state."""
+        everything = reported is None
+        files, names = self._scan()
+        old = self._files
+        if reported is None:
+            edited = changed = set(files) | set(old)
+            self._graph.clear()
+        else:
+            edited = {
+                module
+                for module in files.keys() | old.keys()
+                if files.get(module) != old.get(module)
+            }
+            for path in reported:
+                module = self._module_of(path)
+                if module is not None and (module in files or module in old):
+                    edited.add(module)
+            changed = set(edited)
+            # A file that comes or goes can turn its parent module into a package or back.
+            for module in files.keys() ^ old.keys():
+                changed.update(parents(module))
+        for module in changed:
+            file = files.get(module)
+            if file is None:
+                self._graph.remove(module)
+            else:
+                self._graph.record(
+                    module, imported_modules(_read(file.path), module, file.is_package)
+                )
+        self._files = files
+
+        affected = self._graph.affected(changed)
+        if not everything:
+            affected.discard(_INIT_MODULE)  # __init__.py is loaded at start-up only
+        dropped = self._loader.purge(None if everything else affected)
+
+        functions = {} if everything else dict(self._functions)
+        removed = [n for n in functions if n not in names and n != INIT_FILE]
+        for name in removed:
+            del functions[name]
+        to_load = [
+            name
+            for name in sorted(names)
+            if everything
+            or (name != INIT_FILE and (module_name(name) in affected or name not in functions))
+        ]
+        loaded = [self._load(name, names[name]) for name in to_load]
+        functions.update((f.name, f) for f in loaded)
+        order = self._graph.importers_first(dropped)
+        return _Plan(
+            functions,
+            Reloaded(
+                changed=tuple(
+                    sorted(self._loader.display(str(p)) for p in _paths(edited, old, files))
+                ),
+                loaded=tuple(loaded),
+                removed=tuple(sorted(removed)),
+                unloaded=tuple(dropped[name] for name in order),
+                init_changed=not everything and _INIT_MODULE in edited,
+            ),
+        )
+
+    def _scan(self) -> tuple[dict[str, _File], dict[str, Path]]:
+        """Every Python file (module name → file) and the function files among them."""
+        files: dict[str, _File] = {}
+        names: dict[str, Path] = {}
+        warned: set[Path] = set()
+        for folder, dirs, entries in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if _SEGMENT.fullmatch(d) and d != "__pycache__")
+            base = Path(folder)
+            for entry in sorted(entries):
+                stem, dot, suffix = entry.rpartition(".")
                 if not dot or suffix != "py" or not _SEGMENT.fullmatch(stem):
                     continue
-                path = Path(folder, file)
+                path = base / entry
+                try:
+                    stat = path.stat()
+                except OSError:  # gone meanwhile, or a dangling symlink
+                    continue
                 name = path.relative_to(self.root).with_suffix("").as_posix()
+                module = self._module_of(path)
+                if module is None or module in files:
+                    continue  # x/__init__.py when x.py exists: the file wins
+                is_package = (stem == "__init__" and base != self.root) or (base / stem).is_dir()
+                files[module] = _File(
+                    path, (stat.st_mtime_ns, stat.st_size, stat.st_ino), is_package
+                )
                 if not is_public_name(name) and name not in RESERVED:
                     continue  # a helper module (_db.py, _lib/...), imported by functions
                 if path.is_symlink() and not path.resolve().is_relative_to(self.root):
-                    log.warning("ignoring %s: it links outside the functions folder", path)
+                    if path not in self._warned:
+                        log.warning("ignoring %s: it links outside the functions folder", path)
+                    warned.add(path)
                     continue
-                yield name, path
+                names[name] = path
+        self._warned = warned
+        return files, names
+
+    def _module_of(self, path: Path) -> str | None:
+        """The module a ``.py`` file of the folder is imported as; None for anything else."""
+        if path.suffix != ".py" or not path.is_relative_to(self.root):
+            return None
+        relative = path.relative_to(self.root).with_suffix("")
+        if relative.name == "__init__" and relative.parent != Path("."):
+            relative = relative.parent  # team/__init__.py is the package laf_functions.team
+        return module_name(relative.as_posix())
 
     def _load(self, name: str, path: Path) -> Function:
         try:
@@ -113,6 +289,17 @@ class FunctionRegistry:
         except FunctionLoadError as exc:
             log.error("cannot load function %r: %s", name, exc)
             return Function(name, path, error=exc)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _paths(modules: set[str], *trees: dict[str, _File]) -> set[Path]:
+    return {tree[m].path for m in modules for tree in trees if m in tree}
 
 
 def _inspect(name: str, path: Path, shown_path: str, module: Any) -> Function:

@@ -1,10 +1,15 @@
-"""Watch the functions folder and report changed Python files, via watchfiles (inotify)."""
+"""Watch the functions folder and report changed Python files, via watchfiles (inotify).
+
+Reports go out one at a time: the next burst of edits is reported once the handling of the
+previous one has finished (edits made meanwhile are collected, not lost).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import watchfiles
@@ -15,9 +20,9 @@ log = logging.getLogger("laf_py")
 
 
 class FolderWatcher:
-    """Calls ``on_change(paths)`` on the event loop after each burst of edits."""
+    """Awaits ``on_change(paths)`` on the event loop after each burst of edits."""
 
-    def __init__(self, root: Path, on_change: Callable[[set[Path]], None]) -> None:
+    def __init__(self, root: Path, on_change: Callable[[set[Path]], Awaitable[None]]) -> None:
         self._root = root
         self._on_change = on_change
         self._stop = asyncio.Event()
@@ -29,10 +34,17 @@ class FolderWatcher:
         # an edit made right after start-up is not missed.
         await asyncio.sleep(0)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching; a reload under way gets ``timeout`` seconds to finish."""
         self._stop.set()
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if not done:
+            log.warning("stopping while a reload is still importing files")
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _run(self) -> None:
         try:
@@ -44,7 +56,7 @@ class FolderWatcher:
                 step=30,
             ):
                 try:
-                    self._on_change({Path(path) for _, path in changes})
+                    await self._on_change({Path(path) for _, path in changes})
                 except Exception:
                     log.exception("reloading functions failed")
         except Exception:
