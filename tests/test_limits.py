@@ -358,7 +358,7 @@ async def test_message_over_limit_closes_1009_and_runs_close_event(serve, functi
         assert close.code == 1009
         socket_id = opened()[0]
         await wait_until(lambda: socket_id in closed())
-        assert len(closed()[socket_id]) == 1
+        assert closed()[socket_id] == [{"code": 1009, "reason": "message too big"}]
         assert cloud.shared["messages"] == [socket_id, socket_id]  # the big one never ran
         await wait_until(lambda: server.server.activity.connections == 0)
         assert len(cloud.sockets) == 0
@@ -435,54 +435,96 @@ async def test_max_connections_holds_for_simultaneous_handshakes(serve, function
 
 FLOOD_ERROR = "Too many messages: at most 5 per second"
 
+# Echoes like WEBSOCKET, but "block" waits until the test opens cloud.shared["gate"], so the
+# messages sent meanwhile pile up behind it, as they do behind any slow event.
+GATED = WEBSOCKET.replace(
+    "from laf_py import cloud",
+    "import asyncio\nfrom laf_py import cloud",
+).replace(
+    '        ctx.socket.send("echo:" + shown)',
+    """        if data == "block":
+            cloud.shared["blocked"] = True
+            await cloud.shared.setdefault("gate", asyncio.Event()).wait()
+            del cloud.shared["gate"]
+        ctx.socket.send("echo:" + shown)""",
+)
+
+
+async def send_behind_a_blocked_message(ws: Any, messages: list[str]) -> None:
+    """Send "block", wait until its event is running, then send ``messages`` at once."""
+    cloud.shared.pop("blocked", None)
+    await ws.send("block")
+    await wait_until(lambda: cloud.shared.get("blocked"))
+    for message in messages:
+        await ws.send(message)
+
 
 async def test_flooding_client_gets_error_frames_then_1008(serve, functions_dir: Path):
-    """Rate 5 (burst 10): of 12 quick messages the first ~10 are answered and the rest get
-    error frames; a client that keeps flooding is closed with 1008 "too many messages"."""
-    write_function(functions_dir, "__websocket__", WEBSOCKET)
+    """Rate 5 (burst 10) counts only messages sent while an earlier one still waits: behind a
+    blocked event the first waiter is free, the next ten fit the burst, the rest are refused
+    at once with error frames; a client that keeps flooding is closed with 1008."""
+    write_function(functions_dir, "__websocket__", GATED)
     async with (
         serve(functions_dir, max_messages_per_second=5) as server,
         websockets.connect(server.ws_url) as ws,
     ):
-        for i in range(12):
-            await ws.send(f"m{i}")
-        replies = [await recv(ws) for _ in range(12)]
-        answered = [r for r in replies if isinstance(r, str) and r.startswith("echo:")]
-        assert 10 <= len(answered) <= 11, replies
-        assert answered == [f"echo:m{i}" for i in range(len(answered))]
-        assert replies[: len(answered)] == answered  # refusals come after the burst
-        for frame in replies[len(answered) :]:
-            assert isinstance(frame, str)
-            error = json.loads(frame)
+        await send_behind_a_blocked_message(ws, [f"m{i}" for i in range(13)])
+        refusals = [json.loads(await recv(ws)) for _ in range(2)]  # before any echo
+        for error in refusals:
             assert error["error"] == FLOOD_ERROR
             assert HEX24.fullmatch(error["request_id"])
+        cloud.shared["gate"].set()
+        replies = [await recv(ws) for _ in range(12)]
+        assert replies == ["echo:block"] + [f"echo:m{i}" for i in range(11)]
         socket_id = opened()[0]
-        assert cloud.shared["messages"] == [socket_id] * len(answered)  # refused ones never ran
+        assert cloud.shared["messages"] == [socket_id] * 12  # refused ones never ran
 
         with contextlib.suppress(ConnectionClosed):
-            for i in range(40):
-                await ws.send(f"flood{i}")
+            await send_behind_a_blocked_message(ws, [f"flood{i}" for i in range(40)])
         frames, close = await closed_with(ws)
         assert close.code == 1008
         assert close.reason == "too many messages"
         for frame in frames:
             assert isinstance(frame, str)
-            assert frame.startswith("echo:") or json.loads(frame)["error"] == FLOOD_ERROR
+            assert json.loads(frame)["error"] == FLOOD_ERROR
+        cloud.shared["gate"].set()
         await wait_until(lambda: socket_id in closed())
         assert closed()[socket_id] == [{"code": 1008, "reason": "too many messages"}]
 
 
-async def test_client_within_the_rate_is_never_refused(serve, functions_dir: Path):
-    """Send, await the reply, repeat: every message is answered."""
-    write_function(functions_dir, "__websocket__", WEBSOCKET)
-    async with (
-        serve(functions_dir, max_messages_per_second=5) as server,
-        websockets.connect(server.ws_url) as ws,
-    ):
-        for i in range(10):
-            await ws.send(f"m{i}")
-            assert await recv(ws) == f"echo:m{i}"
-        assert len(cloud.shared["messages"]) == 10
+# Replies first, then goes on working a moment: the client's next message arrives while this
+# event is still running, as it does in real apps.
+REPLY_THEN_WORK = """
+import asyncio
+from laf_py import cloud
+
+async def main(ctx):
+    if ctx.method == "WebSocket:message":
+        ctx.socket.send("echo:" + ctx.params["data"])
+        await asyncio.sleep(0.001)
+        cloud.shared["handled"] = cloud.shared.get("handled", 0) + 1
+"""
+
+
+@pytest.mark.parametrize("rate", [None, 5.0])
+async def test_client_that_waits_for_each_reply_is_never_refused(
+    serve, functions_dir: Path, rate: float | None
+):
+    """10 clients, each sending its next message as soon as the reply arrives, 400 times, as
+    fast as the server answers (hundreds per second each): every message is answered and none
+    refused, with the default limit (100 per second) and with a limit of 5 per second."""
+    write_function(functions_dir, "__websocket__", REPLY_THEN_WORK)
+    settings = {} if rate is None else {"max_messages_per_second": rate}
+
+    async def client(url: str, n: int) -> None:
+        async with websockets.connect(url) as ws:
+            for i in range(400):
+                await ws.send(f"{n}.{i}")
+                assert await recv(ws) == f"echo:{n}.{i}"
+
+    async with serve(functions_dir, **settings) as server:
+        await asyncio.gather(*(client(server.ws_url, n) for n in range(10)))
+        await wait_until(lambda: cloud.shared.get("handled") == 4000)
 
 
 async def test_rate_zero_turns_the_limit_off(serve, functions_dir: Path):
@@ -845,6 +887,8 @@ class FakeConnection:
     def ping_timed_out(self) -> None:
         self.timed_out.set_result(self.pings)
         self.keepalive.discard(self)
+
+    reading_paused = False
 
 
 async def test_keepalive_pings_everyone_from_one_timer_and_stops_when_idle():

@@ -298,17 +298,25 @@ async def test_close_after_vanishing_waits_for_connection_in_flight(serve, funct
     assert shared["order"] == ["connection:start", "connection:end", "WebSocket:close"]
 
 
-async def test_vanished_then_rejected_connection_gets_no_close_event(serve, functions_dir: Path):
-    """The client drops TCP during a connection event that then rejects: no close event."""
-    write_function(functions_dir, "__websocket__", SLOW_CONNECT)
+async def test_vanished_then_rejected_connection_gets_its_close_event(serve, functions_dir: Path):
+    """The client drops TCP during a connection event that then rejects: the close event
+    still runs (its connection event ran and may have stored something), with the rejection."""
+    write_function(
+        functions_dir,
+        "__websocket__",
+        SLOW_CONNECT.replace("log.append(ctx.method)", "log.append((ctx.method, ctx.params))"),
+    )
     async with serve(functions_dir) as server:
         ws = await websockets.connect(server.ws_url + "?reject=1")
         await wait_until(lambda: "connection:start" in cloud.shared.get("order", []))
         ws.transport.abort()
-        await wait_until(lambda: "connection:end" in cloud.shared.get("order", []))
+        await wait_until(lambda: len(cloud.shared.get("order", [])) == 3)
         shared = cloud.shared
-    # leaving serve waited for every connection to finish
-    assert shared["order"] == ["connection:start", "connection:end"]
+    assert shared["order"] == [
+        "connection:start",
+        "connection:end",
+        ("WebSocket:close", {"code": 4401, "reason": "no token"}),
+    ]
 
 
 async def test_shutdown_waits_for_connection_in_flight_then_closes(serve, functions_dir: Path):
@@ -453,14 +461,28 @@ async def test_long_rejection_reason_is_cut_to_fit_a_close_frame(serve, function
     assert 0 < len(close.reason.encode()) <= 123
 
 
-async def test_rejected_connection_gets_no_close_event(serve, functions_dir: Path):
-    """A rejected connection never sees a close event (checked after shutdown)."""
-    write_function(functions_dir, "__websocket__", REJECTING)
+async def test_rejected_connection_gets_a_close_event_with_the_rejection(
+    serve, functions_dir: Path
+):
+    """A connection event that rejects is followed by a close event with the rejection's
+    code and reason, so whatever the connection event stored can be cleaned up."""
+    write_function(
+        functions_dir,
+        "__websocket__",
+        REJECTING.replace(
+            '{"method": ctx.method, "socket": ctx.socket}',
+            '{"method": ctx.method, "socket": ctx.socket, "params": dict(ctx.params)}',
+        ),
+    )
     async with serve(functions_dir) as server:
         async with websockets.connect(server.ws_url + "?status=401&reason=no+token") as ws:
             await closed_with(ws)
+        await wait_until(lambda: len(cloud.shared["events"]) == 2)
         shared = cloud.shared
-    assert [e["method"] for e in shared["events"]] == ["WebSocket:connection"]
+    assert [(e["method"], e["params"]) for e in shared["events"]] == [
+        ("WebSocket:connection", {}),
+        ("WebSocket:close", {"code": 4401, "reason": "no token"}),
+    ]
 
 
 async def test_rejected_socket_is_not_in_cloud_sockets(serve, functions_dir: Path):
@@ -547,7 +569,8 @@ async def test_crash_in_connection_sends_error_frame_then_1011(serve, functions_
     assert error["error"] == "Internal Server Error"
     assert HEX24.fullmatch(error["request_id"])
     assert close.code == 1011
-    assert [e["method"] for e in shared["events"]] == ["WebSocket:connection"]
+    # the connection event ran, so its close event follows
+    assert [e["method"] for e in shared["events"]] == ["WebSocket:connection", "WebSocket:close"]
 
 
 # -- errors in message events ----------------------------------------------------------------
@@ -675,7 +698,7 @@ async def main(ctx):
             count = await ctx.socket.send("awaited")
             ctx.socket.send({"count": count})
         elif what == "set":
-            ctx.socket.send({1, 2})
+            ctx.socket.send({"tags": {object()}})
         elif what.startswith("echo"):
             ctx.socket.send(what)
         ctx.socket.send("end")
@@ -747,7 +770,7 @@ async def test_awaited_send_reports_one(serve, functions_dir: Path):
 async def test_send_of_unsupported_type_raises_type_error(
     serve, functions_dir: Path, caplog: pytest.LogCaptureFixture
 ):
-    """Sending a set raises TypeError in the function: an error frame comes back."""
+    """Sending what JSON cannot hold raises TypeError in the function: an error frame back."""
     caplog.set_level(logging.INFO, logger="laf_py")
     write_function(functions_dir, "__websocket__", SENDER)
     async with serve(functions_dir) as server, websockets.connect(server.ws_url) as ws:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..core.frame_parser import is_valid_close_code
 from ..core.frames import encode_frame
 from .delivery import Delivery, LoopBridge
 from .pending import Pending, start
@@ -39,7 +40,16 @@ class Socket:
     does nothing and reports 0.
     """
 
-    __slots__ = ("__weakref__", "_closed", "_registry", "_state", "_transport", "_user_id", "id")
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_present",
+        "_registry",
+        "_state",
+        "_transport",
+        "_user_id",
+        "id",
+    )
 
     def __init__(self, socket_id: str, transport: Transport, registry: SocketRegistry) -> None:
         self.id = socket_id
@@ -48,6 +58,7 @@ class Socket:
         self._registry = registry
         self._user_id: str | None = None
         self._closed = False
+        self._present = False  # accepted, and its close event has not finished: counts online
 
     @property
     def state(self) -> dict[str, Any]:
@@ -73,15 +84,18 @@ class Socket:
     def closed(self) -> bool:
         return self._closed
 
-    def send(self, data: str | bytes | dict[str, Any] | list[Any]) -> Delivery:
-        """Send one message now: str → text frame, bytes → binary, dict/list → JSON text.
+    def send(self, data: Any) -> Delivery:
+        """Send one message now: str → text frame, bytes → binary, anything else → JSON text
+        (dict, list, numbers, datetime, UUID, Decimal, dataclasses ...).
 
         ``await`` the result to wait for the write; it gives 1, or 0 if the socket is closed.
         """
         return self._registry.bridge.deliver(self._send_frame, encode_frame(data))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake; the ``close`` event follows."""
+        """Start the closing handshake; the ``close`` event follows. ``code`` is 1000, a
+        code of RFC 6455 a server may send (1001-1003, 1007-1014) or your own (3000-4999)."""
+        _check_close_code(code)
         self._registry.bridge.call(self._close_now, code, reason)
 
     def _send_frame(self, frame: bytes) -> Delivery:
@@ -115,7 +129,10 @@ class SocketRegistry:
         self.bus: Bus | None = None  # set when Redis joins this node to others
         self._on_presence = on_presence  # (user_id, online) when a user comes or goes
         self._sockets: dict[str, Socket] = {}
-        self._by_user: dict[str, set[Socket]] = {}
+        self._by_user: dict[str, set[Socket]] = {}  # open sockets, for deliveries
+        # Sockets that keep their user online: accepted, and their close event has not
+        # finished. A user goes offline only after the close event of their last socket.
+        self._present: dict[str, set[Socket]] = {}
 
     # -- finding ---------------------------------------------------------------------------
 
@@ -170,14 +187,14 @@ class SocketRegistry:
         return start(self.bridge, self._online_users())
 
     async def _is_online(self, user_id: str) -> bool:
-        if user_id in self._by_user:
+        if user_id in self._present:
             return True
         return self.bus is not None and await self.bus.is_online(user_id)
 
     async def _online_users(self) -> list[str]:
         if self.bus is None:
-            return list(self._by_user)
-        return sorted(set(self._by_user).union(await self.bus.online_users()))
+            return list(self._present)
+        return sorted(set(self._present).union(await self.bus.online_users()))
 
     # -- used by the server, on the loop thread --------------------------------------------
 
@@ -188,16 +205,28 @@ class SocketRegistry:
         return socket
 
     def accept(self, socket: Socket) -> None:
-        """The connection was accepted: findable by id and user from now on."""
+        """The connection was accepted: findable by id and user from now on, and its user
+        is online."""
         if not socket._closed:
             self._sockets[socket.id] = socket
+            socket._present = True
             self._reindex(socket, None, socket._user_id)
 
     def discard(self, socket: Socket) -> None:
-        """Forget a connection that has closed; later sends to it report 0."""
+        """The connection has closed: it is no longer found and later sends to it report 0.
+        Its user stays online until :meth:`release`."""
         socket._closed = True
-        self._sockets.pop(socket.id, None)
-        self._reindex(socket, socket._user_id, None)
+        if self._sockets.pop(socket.id, None) is not None and socket._user_id is not None:
+            _remove(self._by_user, socket._user_id, socket)
+
+    def release(self, socket: Socket) -> None:
+        """The connection's close event has finished: if it was its user's last, the user
+        goes offline now (so ``Presence:offline`` follows whatever that event sent)."""
+        if socket._present:
+            socket._present = False
+            user_id = socket._user_id
+            if user_id is not None and _remove(self._present, user_id, socket):
+                self._presence(user_id, False)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -249,27 +278,48 @@ class SocketRegistry:
             socket._close_now(code, reason)
 
     def local_users(self) -> list[str]:
-        return list(self._by_user)
+        return list(self._present)
 
     def _reindex(self, socket: Socket, previous: str | None, user_id: str | None) -> None:
-        """Move a socket between users' sets (on the loop thread, in call order)."""
+        """Move a socket between users (on the loop thread, in call order)."""
         if previous is not None:
-            devices = self._by_user.get(previous)
-            if devices is not None and socket in devices:
-                devices.discard(socket)
-                if not devices:
-                    del self._by_user[previous]
-                    self._presence(previous, False)
-        if user_id is not None and socket._user_id == user_id and socket.id in self._sockets:
-            devices = self._by_user.get(user_id)
+            _remove(self._by_user, previous, socket)
+            if _remove(self._present, previous, socket):
+                self._presence(previous, False)
+        if user_id is None or socket._user_id != user_id:
+            return  # rebound again since; that call moves it
+        if socket.id in self._sockets:
+            self._by_user.setdefault(user_id, set()).add(socket)
+        if socket._present:
+            devices = self._present.get(user_id)
             if devices is None:
-                devices = self._by_user[user_id] = set()
+                devices = self._present[user_id] = set()
                 self._presence(user_id, True)
             devices.add(socket)
 
     def _presence(self, user_id: str, online: bool) -> None:
         if self._on_presence is not None:
             self._on_presence(user_id, online)
+
+
+def _check_close_code(code: int) -> None:
+    if isinstance(code, bool) or not isinstance(code, int) or not is_valid_close_code(code):
+        raise ValueError(
+            f"close code {code!r} may not be sent: use 1000, 1001-1003, 1007-1014 or "
+            "your own 3000-4999"
+        )
+
+
+def _remove(index: dict[str, set[Socket]], user_id: str, socket: Socket) -> bool:
+    """Take ``socket`` out of ``index[user_id]``; True if that left the user with none."""
+    devices = index.get(user_id)
+    if devices is None or socket not in devices:
+        return False
+    devices.discard(socket)
+    if devices:
+        return False
+    del index[user_id]
+    return True
 
 
 def _write_all(frame: bytes, sockets: list[Socket]) -> int:
@@ -300,10 +350,11 @@ class RemoteSocket:
     def state(self) -> dict[str, Any]:
         raise AttributeError("socket.state lives on the node that holds the connection")
 
-    def send(self, data: str | bytes | dict[str, Any] | list[Any]) -> Delivery:
+    def send(self, data: Any) -> Delivery:
         return self._registry.publish(data, [self.id])
 
     def close(self, code: int = 1000, reason: str = "") -> None:
+        _check_close_code(code)
         bus = self._registry.bus
         if bus is not None:
             self._registry.bridge.call(bus.close_socket, self.id, code, reason)

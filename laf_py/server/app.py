@@ -35,7 +35,10 @@ _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&]*")
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log line, without the tokens that WebSocket clients put in the URL."""
     status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    severity = status
+    if status >= 1000:  # a refused WebSocket handshake, logged with its close code
+        severity = status - 4000 if status >= 4000 else 500 if status == 1011 else 400
+    level = logging.INFO if severity < 400 else logging.WARNING if severity < 500 else logging.ERROR
     if not access_log.isEnabledFor(level):
         return
     request = handler.request

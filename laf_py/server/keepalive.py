@@ -23,6 +23,10 @@ class Pingable(Protocol):
     def ping_timed_out(self) -> None:
         """No pong came back in time: the connection should go."""
 
+    @property
+    def reading_paused(self) -> bool:
+        """The server stopped reading from it (its messages pile up): a pong cannot be seen."""
+
 
 class Keepalive:
     """Pings every ``interval`` seconds; a connection with no pong ``timeout`` after it is
@@ -69,5 +73,6 @@ class Keepalive:
 
     def _expire(self, pinged: set[Pingable]) -> None:
         for connection in list(pinged):
-            if connection in self._connections:
+            # A connection we stopped reading may have answered: judge it at the next ping.
+            if connection in self._connections and not connection.reading_paused:
                 connection.ping_timed_out()
