@@ -281,7 +281,7 @@ async def test_ctx_response_sets_status_and_headers(serve, http, functions_dir: 
     assert response.json() == {"queued": True}
 
 
-@pytest.mark.parametrize("expression", ["{1, 2}", "object()"])
+@pytest.mark.parametrize("expression", ["1j", "object()", "{'tags': {object()}}"])
 async def test_unsupported_return_type_is_500(
     serve, http, functions_dir, caplog, expression
 ) -> None:
@@ -370,7 +370,7 @@ async def test_lowercase_methods_setting_works(serve, http, functions_dir: Path)
     assert (get.status_code, get.text) == (200, "GET")
     assert (post.status_code, post.text) == (200, "POST")
     assert_error(put, 405)
-    assert put.headers["allow"] == "GET, POST"
+    assert put.headers["allow"] == "GET, HEAD, POST"  # HEAD comes with GET
 
 
 # -- time limits ---------------------------------------------------------------------------
@@ -725,3 +725,93 @@ async def test_example_errors(serve, http, monkeypatch, method, name, payload, s
             headers={"Content-Type": "application/json"} if payload is not None else {},
         )
     assert_error(response, status, message)
+
+
+# -- HEAD and trailing slashes -------------------------------------------------------------
+
+# Records every call's ctx.method in cloud.shared["calls"], answers with a body and a header.
+RECORDS_CALLS = """
+    from laf_py import Response, cloud
+
+    {setting}
+
+    def main(ctx):
+        cloud.shared.setdefault("calls", []).append(ctx.method)
+        return Response({{"hello": "world"}}, headers={{"X-Ran": "yes"}})
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "seen"),
+    [
+        pytest.param("", "GET", id="no-methods-setting"),
+        pytest.param("methods = ['GET']", "GET", id="get-only"),
+        pytest.param("methods = ['GET', 'HEAD']", "HEAD", id="head-listed"),
+    ],
+)
+async def test_head_answers_like_get_without_a_body(
+    serve, http, functions_dir: Path, setting: str, seen: str
+) -> None:
+    """HEAD of a function that allows GET: the function runs (as a GET, unless it lists HEAD
+    itself), and the answer has the GET's status and headers, Content-Length of the GET body
+    included, and no body."""
+    write_function(functions_dir, "page", RECORDS_CALLS.format(setting=setting))
+    async with serve(functions_dir) as server:
+        get = await http.get(server.fn_url("page"))
+        head = await http.head(server.fn_url("page"))
+        calls = list(cloud.shared.get("calls", []))
+    assert calls == ["GET", seen]
+    assert (get.status_code, head.status_code) == (200, 200)
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(get.content)) == get.headers["content-length"]
+    for header in ("content-type", "x-ran"):
+        assert head.headers[header] == get.headers[header]
+    assert head.headers["x-request-id"] != get.headers["x-request-id"]
+
+
+async def test_head_on_a_function_without_get_is_405(serve, http, functions_dir: Path) -> None:
+    """``methods = ["POST"]``: HEAD → 405 with ``Allow: POST``, no body, the function not run."""
+    write_function(functions_dir, "only_post", RECORDS_CALLS.format(setting="methods = ['POST']"))
+    async with serve(functions_dir) as server:
+        head = await http.head(server.fn_url("only_post"))
+        calls = cloud.shared.get("calls")
+    assert head.status_code == 405
+    assert head.headers["allow"] == "POST"
+    assert head.headers["content-type"] == "application/json"
+    assert head.content == b""
+    assert calls is None
+
+
+async def test_head_of_an_unknown_function_is_404(serve, http, functions_dir: Path) -> None:
+    async with serve(functions_dir) as server:
+        head = await http.head(server.fn_url("nope"))
+    assert (head.status_code, head.content) == (404, b"")
+
+
+@pytest.mark.parametrize("name", ["echo", "user/profile"])
+async def test_trailing_slash_serves_the_function(serve, http, functions_dir, name) -> None:
+    """``/fn/<name>/`` is ``/fn/<name>``, served (no redirect): a GET, and a POST whose JSON
+    body arrives intact."""
+    source = """
+        def main(ctx):
+            return {"name": ctx.function_name, "method": ctx.method, "body": ctx.body}
+    """
+    write_function(functions_dir, name, source)
+    async with serve(functions_dir) as server:
+        get = await http.get(server.fn_url(name) + "/")
+        post = await http.post(server.fn_url(name) + "/", json={"a": [1, 2]})
+    assert get.status_code == 200, get.text
+    assert get.json() == {"name": name, "method": "GET", "body": None}
+    assert post.status_code == 200, post.text
+    assert post.json() == {"name": name, "method": "POST", "body": {"a": [1, 2]}}
+
+
+async def test_fn_without_a_name_is_a_helpful_404(serve, http, functions_dir: Path) -> None:
+    """``/fn/`` names no function: 404 saying how to call one."""
+    write_function(functions_dir, "hello", "def main(ctx):\n    return 'hi'\n")
+    async with serve(functions_dir) as server:
+        responses = [await http.get(server.url + path) for path in ("/fn/", "/fn//")]
+        missing = await http.get(server.fn_url("nope") + "/")
+    for response in responses:
+        assert_error(response, 404, "Function name missing: call /fn/<name>, for example /fn/hello")
+    assert_error(missing, 404, "Function 'nope' not found")

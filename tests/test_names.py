@@ -114,7 +114,7 @@ async def test_percent_encoded_underscores_are_still_private(serve, tree) -> Non
         "/fn//etc/passwd",
         "/fn/%2fetc%2fpasswd",
         "/fn/hello.py",
-        "/fn/hello/",
+        "/fn/hello//",
         "/fn/./hello",
         "/fn/hello%00",
         "/fn/",

@@ -34,7 +34,7 @@ from laf_py import HTTPError
 from laf_py.cloud.tokens import bearer_token
 from laf_py.core.body import parse_body, parse_query, split_content_type
 from laf_py.core.registry import FunctionRegistry, is_public_name
-from laf_py.server.http import name_from_path
+from laf_py.server.http import function_name, name_from_path
 from laf_py.testing import LafTestServer
 
 from .conftest import write_function
@@ -644,7 +644,7 @@ def test_arbitrary_names_reach_only_public_functions_inside_the_folder(
         text = body.decode()
         if text not in E2E_PUBLIC_TEXT:
             assert json.loads(text)["method"] == "GET", detail  # echo
-            assert name_from_path(("/fn/" + rest).partition("?")[0]) == "echo", detail
+            assert function_name(("/fn/" + rest).partition("?")[0]) == "echo", detail
 
 
 @E2E
@@ -654,7 +654,7 @@ def test_names_that_are_no_function_are_404(live: ThreadedServer, rest: str) -> 
     whatever its bytes (``..``, encoded slashes, percent-escapes that are not UTF-8, ...)."""
     status, body = raw_get(live.url, ("/fn/" + rest).encode())
     detail = f"{status} {body[:300]!r}"
-    name = name_from_path(("/fn/" + rest).partition("?")[0])
+    name = function_name(("/fn/" + rest).partition("?")[0])
     if name == "post_only":
         assert status == 405, detail
     elif name in E2E_PUBLIC_TEXT or name == "echo":

@@ -1,4 +1,13 @@
-"""HTTP functions: ``/fn/<name>`` → ``functions/<name>.py``."""
+"""HTTP functions: ``/fn/<name>`` → ``functions/<name>.py``.
+
+- ``/fn/<name>/`` (one trailing slash) is the same function, served as it is rather than
+  redirected: a redirect would fail clients that do not follow redirects, and some clients
+  replay a redirected POST without its body.
+- HEAD is a GET without the body: a function that allows GET answers it, run as a GET
+  (``ctx.method == "GET"``), so that its status and headers, Content-Length included, are
+  exactly those of the GET. Only a function that lists ``HEAD`` in its ``methods`` sees
+  ``ctx.method == "HEAD"``: it asked to handle HEAD itself.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +29,16 @@ __all__ = [
     "PREFIX",
     "FunctionHandler",
     "HealthHandler",
+    "allowed_methods",
     "drain_limit",
+    "function_name",
+    "method_for",
     "name_from_path",
     "request_header",
 ]
 
 PREFIX = "/fn/"
+NO_NAME = "Function name missing: call /fn/<name>, for example /fn/hello"
 
 
 @tornado.web.stream_request_body
@@ -33,7 +46,7 @@ class FunctionHandler(BaseHandler):
     """Bodies are streamed in so that one over ``--max-body-size`` is refused with 413 as soon
     as it is known to be too large, without being held in memory."""
 
-    SUPPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
     def prepare(self) -> None:
         self._chunks: list[bytes] = []
@@ -79,11 +92,11 @@ class FunctionHandler(BaseHandler):
         self.request.body = b"".join(self._chunks)
         self.activity.begin_request()
         try:
-            await self._call(name_from_path(self.request.path))
+            await self._call(function_name(self.request.path))
         finally:
             self.activity.end_request()
 
-    post = put = patch = delete = options = get
+    head = post = put = patch = delete = options = get
 
     def compute_etag(self) -> None:
         return None  # functions are dynamic; hashing every body would only cost time
@@ -91,16 +104,19 @@ class FunctionHandler(BaseHandler):
     async def _call(self, name: str | None) -> None:
         if self.activity.draining:
             return self.send_error_json(503, "Server is shutting down", Connection="close")
+        if name == "":
+            return self.send_error_json(404, NO_NAME)
         function = self.runtime.registry.public(name) if name is not None else None
         if function is None or name is None:
             shown = self.request.path.removeprefix(PREFIX) if name is None else name
             return self.send_error_json(404, f"Function {shown!r} not found")
         if function.error is not None:
             return self.send_error_json(500, f"Function {name!r} failed to load; see server log")
-        method = self.request.method or "GET"
-        if function.methods is not None and method not in function.methods:
-            allow = ", ".join(sorted(function.methods))
-            return self.send_error_json(405, f"Method {method} not allowed", Allow=allow)
+        method = method_for(function.methods, self.request.method or "GET")
+        if method is None:
+            allow = ", ".join(sorted(allowed_methods(function.methods or frozenset())))
+            refused = self.request.method
+            return self.send_error_json(405, f"Method {refused} not allowed", Allow=allow)
         interceptor = self.runtime.interceptor
         if interceptor is not None and interceptor.error is not None:
             # Fail closed: an interceptor usually guards access.
@@ -181,10 +197,35 @@ def request_header(request: tornado.httputil.HTTPServerRequest, name: str) -> st
     return headers[name] if name in headers else None  # noqa: SIM401 (see above)
 
 
+def method_for(methods: frozenset[str] | None, method: str) -> str | None:
+    """The ``ctx.method`` a request runs its function with, or None when the function's
+    ``methods`` refuse it (405). No ``methods`` allows everything. HEAD runs as GET where GET
+    is allowed, unless HEAD is listed itself."""
+    if methods is None:
+        return "GET" if method == "HEAD" else method
+    if method in methods:
+        return method
+    if method == "HEAD" and "GET" in methods:
+        return "GET"
+    return None
+
+
+def allowed_methods(methods: frozenset[str]) -> frozenset[str]:
+    """What a 405's ``Allow`` lists: the function's ``methods``, and HEAD where GET is."""
+    return methods | {"HEAD"} if "GET" in methods else methods
+
+
 def drain_limit(max_body_size: int) -> int:
     """Up to this many bytes, a body over the limit is read and dropped before the 413; past
     it the 413 comes at once and the connection closes."""
     return 2 * max_body_size + 65536
+
+
+def function_name(path: str) -> str | None:
+    """The function a ``/fn/...`` path names: :func:`name_from_path`, with one trailing slash
+    dropped (``/fn/user/profile/`` → ``"user/profile"``). ``""`` when it names none."""
+    name = name_from_path(path)
+    return name.removesuffix("/") if name is not None else None
 
 
 def name_from_path(path: str) -> str | None:
