@@ -1,11 +1,12 @@
 """The WebSocket function: one handler for every event on ``/__websocket__``.
 
-This is Laf's "user map" demo (a ``userID -> socket`` map kept in ``cloud.shared``
+This is Laf's "user map" demo (a ``userID -> sockets`` map kept in ``cloud.shared``
 under ``"wsMap"``) plus a small Lolo-style broadcast chat. Three behaviours:
 
-1. **User map.** Each connection gets a random userID (12 lowercase hex digits).
-   ``cloud.shared["wsMap"][userID]`` is its ``Socket``, so any HTTP function can
-   push to it (see ``functions/push.py``). The id is also kept in
+1. **User map.** Each connection gets a random userID (12 lowercase hex digits), or
+   its token's user (see below). ``cloud.shared["wsMap"][userID]`` is the set of that
+   user's open ``Socket`` objects, one per device, so any HTTP function can push to
+   them (see ``functions/push.py``). The id is also kept in
    ``ctx.socket.state["user_id"]``.
 2. **Chat.** A text frame holding JSON ``{"type": "chat", "text": "<str>"}`` is
    relayed to every *other* connection.
@@ -27,13 +28,17 @@ Frames, exactly (``<id>`` is the userID):
 
 * a binary frame -> the same first text frame, then the same bytes back as a
   binary frame.
-* on close: the userID is removed from ``wsMap``; nothing is sent.
+* on close: the socket leaves its user's set in ``wsMap`` (the userID goes when
+  its last socket has); nothing is sent.
 
 A client that connects with a token (``?token=`` from ``POST /fn/login``) gets its token's
-user id as userID instead of a random one. Every connection also stores its id in
+user id as userID instead of a random one, and may connect from several devices at once:
+each is one more socket in the user's set. Every connection also stores its id in
 ``cloud.kv`` under ``DEMO_SOCKET_CONNECTION_ID`` (the newest wins), for the Less flow of
-``POST /fn/hello``, and its id under ``ws/<userID>`` so that ``/fn/push`` finds the user
-from any worker or machine.
+``POST /fn/hello``. ``cloud.shared`` belongs to one process, so for other workers and
+machines a random userID (one connection) also keeps its socket id in ``cloud.kv`` under
+``ws/<userID>``; a token user needs no such key, as ``cloud.sockets.send_to_user`` finds
+all of that user's sockets everywhere.
 
 Try it (``npm i -g wscat``), with the server on port 8000, in two terminals::
 
@@ -44,17 +49,23 @@ Try it (``npm i -g wscat``), with the server on port 8000, in two terminals::
     > {"type": "chat", "text": "hi all"}
     < {"type":"ack","delivered":1}
 
-and push to a user from HTTP::
+and push to a user from HTTP (every connection of theirs)::
 
     curl -X POST localhost:8000/fn/push -H 'content-type: application/json' \\
          -d '{"userID": "3f9c0a1b2c4d", "message": "hello from HTTP"}'
+
+With a token, connect as one user from two terminals; a push to them reaches both::
+
+    wscat -c "ws://localhost:8000/__websocket__?token=$TOKEN"     # twice
+    curl -X POST localhost:8000/fn/push -H 'content-type: application/json' \\
+         -d '{"userID": "alice", "message": "to every device"}'   # {"delivered":2}
 """
 
 import json
 import secrets
 from typing import Any
 
-from laf_py import FunctionContext, cloud
+from laf_py import FunctionContext, Socket, cloud
 
 WS_MAP = "wsMap"
 LESS_KEY = "DEMO_SOCKET_CONNECTION_ID"
@@ -62,8 +73,8 @@ CONNECTED = "Connection established, your userID is: "
 RECEIVED = "Server has received the message event, your userID is: "
 
 
-def ws_map() -> dict[str, Any]:
-    """The ``userID -> Socket`` map, created on first use (Laf's pattern)."""
+def ws_map() -> dict[str, set[Socket]]:
+    """The ``userID -> {Socket, ...}`` map, created on first use (Laf's pattern)."""
     users = cloud.shared.get(WS_MAP)
     if users is None:
         users = {}
@@ -91,15 +102,19 @@ async def main(ctx: FunctionContext) -> None:
     assert socket is not None  # always set for WebSocket events
 
     if ctx.method == "WebSocket:connection":
-        # With a token (?token=... from /fn/login) the socket is already bound to its user.
+        # With a token (?token=... from /fn/login) the socket is already bound to its user,
+        # who may have other devices connected: this socket joins theirs.
         user_id = socket.user_id or secrets.token_hex(6)
-        ws_map()[user_id] = socket
+        ws_map().setdefault(user_id, set()).add(socket)
         socket.state["user_id"] = user_id
+        if socket.user_id is None:
+            # A random userID has this one connection. cloud.shared is per process: other
+            # workers and machines find it by its id. (They find a token user's sockets with
+            # cloud.sockets.send_to_user.)
+            await cloud.kv.set(f"ws/{user_id}", socket.id)
         # Less's flow: keep the newest connection id in the key-value store, where an HTTP
         # function (POST /fn/hello) finds it, even from another worker or after a restart.
         await cloud.kv.set(LESS_KEY, socket.id)
-        # cloud.shared is per process; other workers and machines find the socket by id.
-        await cloud.kv.set(f"ws/{user_id}", socket.id)
         socket.send(CONNECTED + user_id)
 
     elif ctx.method == "WebSocket:message":
@@ -119,11 +134,13 @@ async def main(ctx: FunctionContext) -> None:
         socket.send(data if is_binary else {"echo": data})
 
     elif ctx.method == "WebSocket:close":
-        # The socket is gone: forget it, and do not send to it.
+        # The socket is gone: forget it (but not the user's other devices).
         user_id = socket.state.get("user_id")
         users = ws_map()
-        if user_id is not None and users.get(user_id) is socket:
-            del users[user_id]
+        sockets = users.get(user_id, set())
+        sockets.discard(socket)
+        if not sockets:
+            users.pop(user_id, None)
         for key in (LESS_KEY, f"ws/{user_id}"):
             if await cloud.kv.get(key) == socket.id:
                 await cloud.kv.delete(key)

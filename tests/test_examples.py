@@ -1,0 +1,164 @@
+"""The example functions (``functions/`` of this repository) as a user meets them: Laf's user
+map (``__websocket__.py`` + ``push.py``) with several devices per user, on one server and
+across two nodes joined through Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from laf_py import cloud
+
+from .conftest import EXAMPLES, CliServer, frame_matching, wait_until
+
+SECRET = "examples-tests-" + "x" * 40
+GREETING = "Connection established, your userID is: "
+
+
+def is_greeting(frame: Any) -> bool:
+    return isinstance(frame, str) and frame.startswith(GREETING)
+
+
+class Client:
+    """HTTP calls to one server of the examples, and WebSocket clients that close at the end."""
+
+    def __init__(self, url: str, http: httpx.AsyncClient, stack: AsyncExitStack) -> None:
+        self.url = url
+        self.ws_url = url.replace("http", "ws", 1) + "/__websocket__"
+        self.http = http
+        self.stack = stack
+
+    async def login(self, user: str) -> str:
+        response = await self.http.post(f"{self.url}/fn/login", json={"user": user})
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
+    async def connect(self, token: str | None = None) -> tuple[Any, str]:
+        """A client, and the userID of its greeting."""
+        url = self.ws_url + (f"?token={token}" if token else "")
+        ws = await self.stack.enter_async_context(websockets.connect(url))
+        greeting = await frame_matching(ws, is_greeting)
+        return ws, greeting.removeprefix(GREETING)
+
+    async def push(self, user_id: str, message: str) -> httpx.Response:
+        return await self.http.post(
+            f"{self.url}/fn/push", json={"userID": user_id, "message": message}
+        )
+
+    async def online(self) -> list[str]:
+        response = await self.http.get(f"{self.url}/fn/online")
+        assert response.status_code == 200, response.text
+        users: list[str] = response.json()["users"]
+        return users
+
+
+@pytest.fixture
+async def examples(serve, http, tmp_path: Path) -> AsyncIterator[Client]:
+    """One server of the examples, with a database and a secret of its own."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'laf.db'}"
+    async with (
+        serve(EXAMPLES, database_url=database_url, secret=SECRET) as server,
+        AsyncExitStack() as stack,
+    ):
+        yield Client(server.url, http, stack)
+
+
+def devices_of(user_id: str) -> int:
+    """How many sockets the example's user map holds for the user, in this process."""
+    return len(cloud.shared["wsMap"].get(user_id, ()))
+
+
+async def test_push_reaches_every_device_of_a_token_user(examples: Client) -> None:
+    """alice on two devices: /fn/push delivers to both; after one closes, to the other; after
+    both close, "not connected". /fn/online agrees with /fn/push at each step."""
+    token = await examples.login("alice")
+    phone, phone_user = await examples.connect(token)
+    laptop, laptop_user = await examples.connect(token)
+    assert phone_user == laptop_user == "alice"
+    assert devices_of("alice") == 2  # the second device did not replace the first
+
+    response = await examples.push("alice", "to both")
+    assert (response.status_code, response.json()) == (200, {"delivered": 2})
+    for ws in (phone, laptop):
+        assert await frame_matching(ws, lambda f: f == "to both") == "to both"
+    assert await examples.online() == ["alice"]
+
+    await phone.close()
+    await wait_until(lambda: devices_of("alice") == 1)  # its close event has run
+    response = await examples.push("alice", "to the laptop")
+    assert (response.status_code, response.json()) == (200, {"delivered": 1})
+    assert await frame_matching(laptop, lambda f: f == "to the laptop") == "to the laptop"
+    assert await examples.online() == ["alice"]
+
+    await laptop.close()
+
+    async def offline() -> bool:
+        return await examples.online() == []
+
+    await wait_until(offline)
+    assert "alice" not in cloud.shared["wsMap"]
+    response = await examples.push("alice", "to nobody")
+    assert response.status_code == 404
+    assert response.json()["error"] == "user alice is not connected"
+
+
+async def test_push_reaches_an_anonymous_user_alone(examples: Client) -> None:
+    """A client without a token gets a random userID of its own: /fn/push reaches it (and no
+    other client), /fn/online does not list it, and once it has closed it is "not connected"."""
+    ws, user_id = await examples.connect()
+    other, other_id = await examples.connect()
+    assert user_id != other_id
+    response = await examples.push(user_id, "just you")
+    assert (response.status_code, response.json()) == (200, {"delivered": 1})
+    assert await frame_matching(ws, lambda f: f == "just you") == "just you"
+    assert await examples.online() == []
+
+    await ws.close()
+
+    async def forgotten() -> bool:  # the close event has run to its end
+        return devices_of(user_id) == 0 and await cloud.kv.get(f"ws/{user_id}") is None
+
+    await wait_until(forgotten)
+    response = await examples.push(user_id, "gone")
+    assert response.status_code == 404
+    other_push = await examples.push(other_id, "still here")
+    assert other_push.json() == {"delivered": 1}
+    assert await frame_matching(other, lambda f: f == "still here") == "still here"
+
+
+async def test_push_reaches_devices_on_two_nodes(
+    cli_server, redis_url: str, cluster: str, tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    """Two nodes of one cluster: a push on node A reaches alice's devices on A and on B (her
+    token), and an anonymous client on B (its socket id, from cloud.kv)."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    nodes: list[CliServer] = [
+        cli_server(
+            *("--functions", str(EXAMPLES), "--redis-url", redis_url, "--cluster", cluster),
+            *("--database-url", database_url, "--reload", "false", "--shutdown-grace", "2"),
+            env={"LAF_SECRET": SECRET},
+        )
+        for _ in range(2)
+    ]
+    async with AsyncExitStack() as stack:
+        a, b = (Client(node.url, http, stack) for node in nodes)
+        token = await a.login("alice")
+        on_a, _ = await a.connect(token)
+        on_b, _ = await b.connect(token)
+        anonymous, anonymous_id = await b.connect()
+
+        response = await a.push("alice", "both nodes")
+        assert (response.status_code, response.json()) == (200, {"delivered": 2})
+        for ws in (on_a, on_b):
+            assert await frame_matching(ws, lambda f: f == "both nodes") == "both nodes"
+
+        response = await a.push(anonymous_id, "from A")
+        assert (response.status_code, response.json()) == (200, {"delivered": 1})
+        assert await frame_matching(anonymous, lambda f: f == "from A") == "from A"
