@@ -33,6 +33,11 @@ __all__ = ["LocalSockets", "RedisBus"]
 log = logging.getLogger("laf_py")
 
 REPLY_TIMEOUT = 2.0  # how long a delivery waits for other nodes' counts
+SOCKET_TIMEOUT = 5.0  # a command's reply slower than this means Redis is lost
+# How long one read of the subscription waits before it is simply made again. Not None
+# ("wait forever"): redis-py before 8.1 bounds such a read by SOCKET_TIMEOUT, so an idle node
+# would take its quiet subscription for a lost Redis, and resubscribe, every 5 seconds.
+LISTEN_POLL = 1.0
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -89,7 +94,9 @@ class RedisBus:
         self._lifetime = 3 * heartbeat
         self._on_presence = on_presence  # (user, online) decided by the cluster, not by us
         self._local: LocalSockets | None = None
-        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=SOCKET_TIMEOUT
+        )
         self._all = f"{prefix}:all"
         self._mine = f"{prefix}:node:{node_id}"
         self._nodes = f"{prefix}:nodes"
@@ -243,7 +250,7 @@ class RedisBus:
                     await self._recover()
                 delay = 0.1
                 while True:
-                    message = await pubsub.get_message(timeout=None)
+                    message = await pubsub.get_message(timeout=LISTEN_POLL)
                     if message is not None:
                         self._receive_safely(message["data"])
             except _FAILURES as exc:
