@@ -87,6 +87,8 @@ async def test_handshake_refused_404_without_websocket_function(serve, functions
         with pytest.raises(InvalidStatus) as info:
             await websockets.connect(server.ws_url)
         assert info.value.response.status_code == 404
+        error = json.loads(info.value.response.body)["error"]
+        assert str(functions_dir.resolve() / "__websocket__.py") in error
 
 
 async def test_handshake_refused_500_when_websocket_function_is_broken(serve, functions_dir: Path):
@@ -96,6 +98,9 @@ async def test_handshake_refused_500_when_websocket_function_is_broken(serve, fu
         with pytest.raises(InvalidStatus) as info:
             await websockets.connect(server.ws_url)
         assert info.value.response.status_code == 500
+        # The error names the file in the folder actually served, not "functions/".
+        error = json.loads(info.value.response.body)["error"]
+        assert str(functions_dir.resolve() / "__websocket__.py") in error
 
 
 # -- ctx -------------------------------------------------------------------------------------
