@@ -36,7 +36,7 @@ def start_now(work: Coroutine[Any, Any, T]) -> Done[T] | Awaitable[T]:
     try:
         waiting_on = work.send(None)
     except StopIteration as stop:
-        return Done(cast(T, stop.value))
+        return Done(stop.value)
     return _resume(work, waiting_on)
 
 

@@ -19,11 +19,10 @@ The connection runs its own RFC 6455 protocol on Tornado's IOStream (frames are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Mapping
-from typing import Any, cast
+from typing import Any
 
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 from tornado.util import _websocket_mask
@@ -173,9 +172,13 @@ class SocketConnection:
     def _read(self) -> None:
         stream = self._stream
         assert stream is not None
-        with contextlib.suppress(StreamClosedError):  # closed: the close callback follows
-            reading = cast("asyncio.Future[bytes]", stream.read_bytes(READ_CHUNK, partial=True))
-            reading.add_done_callback(self._on_data)
+        # (try/except and a type comment rather than contextlib.suppress and cast(): this
+        # runs for every message, and both of those are function calls)
+        try:
+            reading: asyncio.Future[bytes] = stream.read_bytes(READ_CHUNK, partial=True)  # type: ignore[assignment]
+        except StreamClosedError:
+            return  # the close callback follows
+        reading.add_done_callback(self._on_data)
 
     def _on_data(self, future: asyncio.Future[bytes]) -> None:
         if future.cancelled() or future.exception() is not None:
