@@ -118,7 +118,7 @@ async def main(ctx: FunctionContext) -> None:
         socket.send(CONNECTED + user_id)
 
     elif ctx.method == "WebSocket:message":
-        user_id = socket.state.get("user_id")
+        user_id = socket.state.get("user_id", "")
         data, is_binary = ctx.params["data"], ctx.params["is_binary"]
 
         text = chat_text(data, is_binary)
@@ -135,7 +135,7 @@ async def main(ctx: FunctionContext) -> None:
 
     elif ctx.method == "WebSocket:close":
         # The socket is gone: forget it (but not the user's other devices).
-        user_id = socket.state.get("user_id")
+        user_id = socket.state.get("user_id", "")
         users = ws_map()
         sockets = users.get(user_id, set())
         sockets.discard(socket)

@@ -1,4 +1,5 @@
-"""``laf-py serve``: the command line. Bad settings end in one clear line and exit code 2."""
+"""The command line: ``laf-py serve`` and ``laf-py init``. Bad settings end in one clear line
+and exit code 2."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import OPTIONS, Settings
 from .exceptions import ConfigError, LafError
@@ -20,11 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the functions folder over HTTP and WebSocket")
     for option in OPTIONS:
         serve.add_argument(option.flag, dest=option.field, metavar=option.env, help=option.help)
+    init = commands.add_parser("init", help="create a new app that runs and passes its tests")
+    init.add_argument("dir", nargs="?", default=".", help="the app folder (default: here)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "init":
+        return _init(Path(args.dir))
     try:
         settings = Settings.load(vars(args), os.environ)
     except ConfigError as exc:
@@ -42,9 +48,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _init(target: Path) -> int:
+    from .init import create_app
+
+    try:
+        written = create_app(target)
+    except (LafError, OSError) as exc:
+        print(f"laf-py: error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"  created {path}")
+    go = "" if target.resolve() == Path.cwd() else f"cd {target} && "
+    print(f"\nA new laf-py app. Next: {go}laf-py serve    (and pytest, to run its tests)")
+    return 0
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # watchfiles logs every batch of changes at info; laf-py says what it reloaded instead.
+    logging.getLogger("watchfiles").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -23,7 +23,11 @@ __all__ = ["LOG_LEVELS", "MIB", "MIN_SECRET_LENGTH", "OPTIONS", "Settings"]
 class Settings:
     """Everything a server needs to start. Build it directly or with :meth:`Settings.load`."""
 
-    functions_dir: Path = Path("functions")
+    # The app folder holds functions/, .laf/ (data) and tests/; each part can be moved apart.
+    # Given as None, functions_dir and data_dir are filled in from app_dir on construction.
+    app_dir: Path = Path(".")
+    functions_dir: Path | None = None
+    data_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     reload: bool = True
@@ -49,15 +53,35 @@ class Settings:
     trust_proxy_headers: bool = False
     event_loop: str = "auto"
 
+    def __post_init__(self) -> None:
+        functions = self.functions_dir or self.app_dir / "functions"
+        object.__setattr__(self, "functions_dir", functions)
+        if self.data_dir is None:
+            object.__setattr__(self, "data_dir", find_data_dir(self.app_dir, functions))
+
     @property
-    def data_dir(self) -> Path:
-        """Where laf-py keeps its own files: ``.laf/`` beside the functions folder."""
-        return self.functions_dir.resolve().parent / ".laf"
+    def functions(self) -> Path:
+        """The functions folder."""
+        assert self.functions_dir is not None  # filled in by __post_init__
+        return self.functions_dir
+
+    @property
+    def data(self) -> Path:
+        """Where laf-py keeps its own files (SQLite database, token secret)."""
+        assert self.data_dir is not None  # filled in by __post_init__
+        return self.data_dir
+
+    @property
+    def data_is_legacy(self) -> bool:
+        """True when the data folder is an older laf-py's, beside the functions folder."""
+        return self.data.resolve() != (self.app_dir / DATA_FOLDER).resolve() and (
+            self.data.resolve() == legacy_data_dir(self.functions)
+        )
 
     @property
     def database(self) -> str:
         """The SQLAlchemy URL in use: the configured one, or SQLite in the data folder."""
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'laf.db'}"
+        return self.database_url or f"sqlite+aiosqlite:///{self.data.resolve() / 'laf.db'}"
 
     @classmethod
     def load(
@@ -80,11 +104,17 @@ class Settings:
 
     def validated(self) -> Settings:
         """Return self if every value makes sense together, else raise ConfigError."""
-        if not self.functions_dir.is_dir():
-            what = "is not a folder" if self.functions_dir.exists() else "does not exist"
+        if not self.app_dir.is_dir():
+            what = "is not a folder" if self.app_dir.exists() else "does not exist"
             raise ConfigError(
-                f"functions folder {str(self.functions_dir)!r} {what}; "
-                "create it or point --functions / LAF_FUNCTIONS at one"
+                f"app folder {str(self.app_dir)!r} {what}; "
+                "create it (laf-py init) or point --app-dir / LAF_APP_DIR at one"
+            )
+        if not self.functions.is_dir():
+            what = "is not a folder" if self.functions.exists() else "does not exist"
+            raise ConfigError(
+                f"functions folder {str(self.functions)!r} {what}; create it (laf-py init "
+                "makes a new app), or point --functions / LAF_FUNCTIONS at one"
             )
         if self.workers > 1 and not self.redis_url:
             raise ConfigError(
@@ -107,3 +137,21 @@ class Settings:
                 "(set LAF_SECRET or --secret)"
             )
         return self
+
+
+DATA_FOLDER = ".laf"
+
+
+def legacy_data_dir(functions: Path) -> Path:
+    """Where laf-py before 0.2 kept its data: beside the functions folder."""
+    return functions.resolve().parent / DATA_FOLDER
+
+
+def find_data_dir(app_dir: Path, functions: Path) -> Path:
+    """``<app>/.laf``; or, when only an older laf-py's folder beside ``functions/`` exists,
+    that one, so an app set up before the app folder existed keeps its database and secret."""
+    current = app_dir / DATA_FOLDER
+    legacy = legacy_data_dir(functions)
+    if not current.exists() and legacy.is_dir() and legacy != current.resolve():
+        return legacy
+    return current

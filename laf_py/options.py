@@ -172,12 +172,28 @@ def _event_loop(raw: str) -> str:
 
 OPTIONS: tuple[Option, ...] = (
     Option(
+        "app_dir",
+        "--app-dir",
+        "LAF_APP_DIR",
+        Path,
+        "a folder",
+        "the app folder, holding functions/ and .laf/ (default: the current folder)",
+    ),
+    Option(
         "functions_dir",
         "--functions",
         "LAF_FUNCTIONS",
         Path,
         "a folder",
-        "folder of function files (default ./functions)",
+        "folder of function files (default <app folder>/functions)",
+    ),
+    Option(
+        "data_dir",
+        "--data-dir",
+        "LAF_DATA_DIR",
+        Path,
+        "a folder",
+        "where laf-py keeps its SQLite database and token secret (default <app folder>/.laf)",
     ),
     Option(
         "host",
@@ -233,7 +249,7 @@ OPTIONS: tuple[Option, ...] = (
         "LAF_DATABASE_URL",
         _database_url,
         "sqlite:///path/to/file.db or postgresql://user:password@host/db",
-        "SQL database for cloud.kv and cloud.sql (default SQLite at .laf/laf.db)",
+        "SQL database for cloud.kv and cloud.sql (default SQLite at <data folder>/laf.db)",
     ),
     Option(
         "secret",
@@ -241,7 +257,7 @@ OPTIONS: tuple[Option, ...] = (
         "LAF_SECRET",
         _secret,
         f"at least {MIN_SECRET_LENGTH} characters",
-        "key that signs tokens (default: generated once into .laf/secret); "
+        "key that signs tokens (default: generated once into <data folder>/secret); "
         "prefer LAF_SECRET, command lines are visible to other users",
     ),
     Option(

@@ -51,7 +51,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = FunctionRegistry(settings.functions_dir)
+        self.registry = FunctionRegistry(settings.functions)
         self.threads = FunctionThreads()  # plain-def functions run here
         self.invoker = Invoker(self.threads, settings.timeout)
         self._sockets: SocketRegistry | None = None
@@ -91,7 +91,7 @@ class Runtime:
         self.bridge = bridge = LoopBridge(asyncio.get_running_loop())
         presence = PresenceEvents(self.registry, self.invoker, bridge)
         self._sockets = SocketRegistry(bridge, on_presence=presence)
-        self.tokens = Tokens(self.settings.secret or load_or_create_secret(self.settings.data_dir))
+        self.tokens = Tokens(self.settings.secret or load_or_create_secret(self.settings.data))
         self.sql = await _open_database(self.settings.database)
         self.sql.attach(bridge)
         self.kv = KeyValueStore(self.sql, bridge)
@@ -103,7 +103,7 @@ class Runtime:
         self._attached = True
         functions = await self.registry.load()  # imports in a worker thread
         broken = sum(1 for f in functions if f.error)
-        log.info(
+        log.debug(  # the start-up banner says it (laf_py.server.banner)
             "loaded %d function(s) from %s%s",
             len(functions) - broken,
             self.registry.root,

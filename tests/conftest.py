@@ -90,6 +90,8 @@ def serve() -> Callable[..., Any]:
 
     @asynccontextmanager
     async def start(folder: Path, **settings: Any) -> AsyncIterator[LafTestServer]:
+        # The test's tmp_path is the app folder: its data lands beside the functions.
+        settings.setdefault("data_dir", folder.parent / ".laf")
         async with LafTestServer(folder, **settings) as server:
             yield server
 

@@ -17,7 +17,8 @@ class TestSettings:
     def test_defaults(self, functions_dir: Path) -> None:
         settings = Settings.load({"functions_dir": str(functions_dir)}, {})
         assert (settings.host, settings.port, settings.reload) == ("127.0.0.1", 8000, True)
-        assert settings.data_dir == functions_dir.parent / ".laf"
+        assert settings.app_dir == Path(".")
+        assert settings.data_dir == Path(".laf")  # in the app folder, not beside functions/
 
     def test_flag_beats_environment(self, functions_dir: Path) -> None:
         env = {"LAF_PORT": "9001", "LAF_FUNCTIONS": str(functions_dir)}

@@ -109,6 +109,10 @@ class FunctionRegistry:
         """Like :meth:`get`, but only for names that HTTP may reach."""
         return self.get(name) if is_public_name(name) else None
 
+    def functions(self) -> list[Function]:
+        """Every function file (reserved ones included), loaded or failed, by name."""
+        return sorted(self._functions.values(), key=lambda f: f.name)
+
     def install(self) -> None:
         """Claim the ``laf_functions`` package for this folder (LafError if taken)."""
         self._loader.install()

@@ -22,6 +22,7 @@ from ..config import Settings
 from ..runtime import Runtime, StartupError
 from .activity import Activity
 from .app import make_app
+from .banner import banner
 from .http import drain_limit
 from .keepalive import Keepalive
 
@@ -63,9 +64,12 @@ class Server:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
-    async def start(self, listeners: list[socket.socket] | None = None) -> None:
+    async def start(
+        self, listeners: list[socket.socket] | None = None, announce: bool | None = None
+    ) -> None:
         """Bind (or take ``listeners`` bound by a parent process), load functions and run
-        ``__init__``, then accept traffic."""
+        ``__init__``, then accept traffic. ``announce``: log the start-up banner (by default
+        when this server bound its own port)."""
         self._listeners = listeners or bind(self.settings)
         try:
             await self.runtime.start()
@@ -83,8 +87,10 @@ class Server:
             max_body_size=drain_limit(self.settings.max_body_size),
         )
         self._http.add_sockets(self._listeners)
-        if listeners is None:
-            log.info("laf-py listening on %s (%s)", self.url, loop_name())
+        if announce if announce is not None else listeners is None:
+            lines = banner(self.settings, self.url, self.runtime.registry.functions(), loop_name())
+            # With --workers the parent said where it listens; worker 0 says the rest.
+            log.info("%s", "\n".join(lines if listeners is None else lines[1:]))
 
     async def stop(self) -> None:
         """Stop accepting, close every socket with 1001, let calls in flight finish."""
@@ -149,6 +155,7 @@ def serve_one(
     settings: Settings,
     listeners: list[socket.socket] | None = None,
     ready: Callable[[], None] | None = None,
+    announce: bool | None = None,
 ) -> None:
     """Run one server in this process until SIGTERM or SIGINT.
 
@@ -156,7 +163,7 @@ def serve_one(
     seconds, whatever functions are doing.
     """
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        busy = runner.run(_serve(settings, listeners, ready))
+        busy = runner.run(_serve(settings, listeners, ready, announce))
         if busy:
             # Function code still running in threads past the grace period: leaving this
             # block would wait for the loop's executor, and Python's exit for every pool
@@ -230,6 +237,7 @@ async def _serve(
     settings: Settings,
     listeners: list[socket.socket] | None,
     ready: Callable[[], None] | None,
+    announce: bool | None = None,
 ) -> int:
     """Serve until a signal, stop; return how many threads are still running function code."""
     # Handlers first: a signal that arrives while starting still means a clean shutdown.
@@ -240,7 +248,7 @@ async def _serve(
     background = _LoopExecutor()
     loop.set_default_executor(background)
     server = Server(settings)
-    await server.start(listeners)
+    await server.start(listeners, announce)
     if ready is not None:
         ready()
     await stop.wait()

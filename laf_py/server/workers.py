@@ -111,7 +111,7 @@ class _Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         code = 0
         try:
-            serve_one(self.settings, self.listeners, ready=self._say_ready)
+            serve_one(self.settings, self.listeners, ready=self._say_ready, announce=number == 0)
         except StartupError as exc:
             print(f"laf-py: error: worker {number}: {exc}", file=sys.stderr)
             code = 1
