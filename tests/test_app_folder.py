@@ -50,7 +50,8 @@ async def test_the_banner_says_where_everything_is(cli_server, tmp_path: Path):
     await wait_until(lambda: "database" in server.log)
     log = server.log
     url = server.url
-    assert re.search(rf"laf-py listening on {re.escape(url)} \((uvloop|asyncio), hot reload on\)", log)
+    header = rf"laf-py listening on {re.escape(url)} \((uvloop|asyncio), hot reload on\)"
+    assert re.search(header, log)
     assert f"functions  {url}/fn/<name>: 1 (hello)" in log
     assert re.search(r"FAILED     broken: functions/broken.py, line 1: SyntaxError", log)
     assert f"websocket  {url.replace('http', 'ws')}/__websocket__" in log
@@ -84,7 +85,9 @@ async def test_an_older_data_folder_beside_functions_is_still_used(cli_server, t
     assert "an older laf-py's folder beside the functions folder, still used" in server.log
     token = jwt.encode({"uid": "ada"}, old_secret, algorithm="HS256")
     async with httpx.AsyncClient() as http:
-        answer = await http.get(server.url + "/fn/whoami", headers={"Authorization": f"Bearer {token}"})
+        answer = await http.get(
+            server.url + "/fn/whoami", headers={"Authorization": f"Bearer {token}"}
+        )
     assert answer.json()["uid"] == "ada"
     assert not (app / ".laf").exists()
 
