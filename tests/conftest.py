@@ -7,14 +7,18 @@ and everything else awaits a future or a response.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import inspect
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -135,6 +139,11 @@ class CliServer:
 def start_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.Popen[str]:
+    """``python -m laf_py ...``. Without ``cwd`` it runs in a new empty folder: the app
+    folder (and so ``.laf/``) is the current directory by default, and a test must never
+    write into the checkout's."""
+    if cwd is None:
+        cwd = Path(tempfile.mkdtemp(prefix="app-", dir=_scratch()))
     return subprocess.Popen(
         [sys.executable, "-m", "laf_py", *args],
         stdout=subprocess.PIPE,
@@ -144,6 +153,14 @@ def start_cli(
         cwd=cwd,
         start_new_session=True,  # its own process group: cleanup reaches forked workers too
     )
+
+
+@functools.cache
+def _scratch() -> str:
+    """One folder per test process for the apps of start_cli, removed when it exits."""
+    folder = tempfile.mkdtemp(prefix="laf-py-tests-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def run_to_exit(
@@ -162,7 +179,8 @@ def run_to_exit(
 
 @pytest.fixture
 def cli_server() -> Iterator[Callable[..., CliServer]]:
-    """Start ``python -m laf_py serve --port 0 ...`` and wait for its "listening on" line."""
+    """Start ``python -m laf_py serve --port 0 ...`` and wait for its "listening on" line.
+    Without ``cwd`` it runs in a new empty folder (:func:`start_cli`)."""
     started: list[CliServer] = []
 
     def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> CliServer:

@@ -62,6 +62,22 @@ async def test_the_banner_says_where_everything_is(cli_server, tmp_path: Path):
     assert "every node of a cluster" not in log
 
 
+async def test_a_cluster_node_without_a_secret_is_warned(
+    cli_server, tmp_path: Path, redis_url: str, cluster: str
+):
+    """With Redis (other nodes may join) signing with the folder's own secret is worth a
+    warning: every node must sign with the same one. With --secret, no warning."""
+    write_function(tmp_path / "functions", "hello", HELLO)
+    args = ("--redis-url", redis_url, "--cluster", cluster)
+    warned = cli_server(*args, cwd=tmp_path)
+    await wait_until(lambda: "database" in warned.log)
+    assert warned.log.count("every node of a cluster needs the same one") == 1
+    assert str((tmp_path / ".laf" / "secret").resolve()) in warned.log
+    quiet = cli_server(*args, "--secret", "s" * 40, cwd=tmp_path)
+    await wait_until(lambda: "database" in quiet.log)
+    assert "every node of a cluster" not in quiet.log
+
+
 async def test_database_password_is_hidden_in_the_banner(tmp_path: Path):
     """A database that cannot be reached fails start-up; its password appears nowhere."""
     write_function(tmp_path / "functions", "hello", HELLO)

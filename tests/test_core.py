@@ -47,7 +47,8 @@ class TestSettings:
         assert "\n" not in message
 
     def test_missing_functions_folder(self, tmp_path: Path) -> None:
-        with pytest.raises(ConfigError, match="does not exist; create it or point --functions"):
+        expected = r"does not exist; create it \(laf-py init makes a new app\), or point --func"
+        with pytest.raises(ConfigError, match=expected):
             Settings.load({"functions_dir": str(tmp_path / "nope")}, {})
 
 

@@ -638,12 +638,12 @@ async def test_committed_set_survives_kill_9(
     write_function(functions_dir, "put", SET_ASYNC)
     write_function(functions_dir, "get", GET)
     if database_url.startswith("sqlite"):
-        database_args: list[str] = []  # the default: .laf/laf.db beside the functions
+        database_args: list[str] = []  # the default: .laf/laf.db in the app folder (cwd)
     else:
         database_args = ["--database-url", database_url]
     args = ["--functions", str(functions_dir), *database_args]
 
-    first = cli_server(*args)
+    first = cli_server(*args, cwd=tmp_path)
     put = await http.post(f"{first.url}/fn/put", json={"key": "k", "value": {"n": 1}})
     assert put.status_code == 200
     first.process.kill()  # SIGKILL: no shutdown, no flushing
@@ -651,7 +651,7 @@ async def test_committed_set_survives_kill_9(
     if not database_args:
         assert (tmp_path / ".laf" / "laf.db").is_file()
 
-    second = cli_server(*args)
+    second = cli_server(*args, cwd=tmp_path)
     got = await http.get(f"{second.url}/fn/get", params={"key": "k"})
     assert got.status_code == 200
     assert got.json() == {"value": {"n": 1}}

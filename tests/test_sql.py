@@ -712,11 +712,19 @@ def test_unsupported_url_is_config_error(functions_dir: Path, url: str) -> None:
         Settings.load({"functions_dir": str(functions_dir), "database_url": url}, {})
 
 
-def test_default_database_is_beside_the_functions(functions_dir: Path, tmp_path: Path) -> None:
-    """Without a URL: SQLite at .laf/laf.db beside the functions folder."""
+def test_default_database_is_in_the_app_folder(
+    functions_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a URL: SQLite at .laf/laf.db in the app folder, which is the current directory
+    unless --app-dir says otherwise, wherever --functions points."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     settings = Settings.load({"functions_dir": str(functions_dir)}, {})
     assert settings.database_url is None
-    assert settings.database == f"sqlite+aiosqlite:///{tmp_path.resolve() / '.laf' / 'laf.db'}"
+    assert settings.database == f"sqlite+aiosqlite:///{elsewhere.resolve() / '.laf' / 'laf.db'}"
+    app = Settings.load({"app_dir": str(tmp_path), "functions_dir": str(functions_dir)}, {})
+    assert app.database == f"sqlite+aiosqlite:///{tmp_path.resolve() / '.laf' / 'laf.db'}"
 
 
 async def test_two_stores_switch_a_fresh_sqlite_file_to_wal_together(tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ def user_id_of(payload: Mapping[str, Any] | None) -> str | None:
 
 
 def load_or_create_secret(data_dir: Path) -> str:
-    """The secret kept in ``data_dir/secret``, generated on first use (mode 0600)."""
+    """The secret kept in ``data_dir/secret``, generated on first use (mode 0600). (The
+    start-up banner warns a cluster node that signs with it: see ``server/banner.py``.)"""
     path = data_dir / "secret"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -75,11 +76,6 @@ def load_or_create_secret(data_dir: Path) -> str:
             file.write(secrets.token_urlsafe(48) + "\n")
         try:
             os.link(draft, path)  # atomic: if several workers race, one secret wins
-            log.warning(
-                "generated a token secret in %s; every node of a cluster needs the same one: "
-                "set LAF_SECRET (or --secret) explicitly there",
-                path,
-            )
         except FileExistsError:
             pass
         finally:

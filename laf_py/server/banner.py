@@ -32,4 +32,11 @@ def banner(settings: Settings, url: str, functions: list[Function], loop: str) -
         )
     lines.append(data)
     lines.append(f"  database   {redacted(settings.database)}")
+    if settings.redis_url and not settings.secret:
+        # Only a cluster needs this (--workers needs Redis too): every node must sign tokens
+        # with the same secret, and this one was made for this folder.
+        lines.append(
+            f"  WARNING    tokens are signed with {settings.data.resolve() / 'secret'}; every "
+            "node of a cluster needs the same one: set LAF_SECRET (or --secret) on each"
+        )
     return lines
