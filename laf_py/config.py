@@ -28,6 +28,9 @@ class Settings:
     app_dir: Path = Path(".")
     functions_dir: Path | None = None
     data_dir: Path | None = None
+    # The app's website, served at /: <app>/public when that folder exists, else none.
+    public_dir: Path | None = None
+    spa_fallback: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     reload: bool = True
@@ -58,6 +61,8 @@ class Settings:
         object.__setattr__(self, "functions_dir", functions)
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", find_data_dir(self.app_dir, functions))
+        if self.public_dir is None and (self.app_dir / PUBLIC_FOLDER).is_dir():
+            object.__setattr__(self, "public_dir", self.app_dir / PUBLIC_FOLDER)
 
     @property
     def functions(self) -> Path:
@@ -110,6 +115,12 @@ class Settings:
                 f"app folder {str(self.app_dir)!r} {what}; "
                 "create it (laf-py init) or point --app-dir / LAF_APP_DIR at one"
             )
+        if self.public_dir is not None and not self.public_dir.is_dir():
+            what = "is not a folder" if self.public_dir.exists() else "does not exist"
+            raise ConfigError(
+                f"public folder {str(self.public_dir)!r} {what}; create it, or point --public "
+                "/ LAF_PUBLIC at one (without either, <app folder>/public is served if it exists)"
+            )
         if not self.functions.is_dir():
             what = "is not a folder" if self.functions.exists() else "does not exist"
             raise ConfigError(
@@ -140,6 +151,7 @@ class Settings:
 
 
 DATA_FOLDER = ".laf"
+PUBLIC_FOLDER = "public"
 
 
 def legacy_data_dir(functions: Path) -> Path:

@@ -196,6 +196,23 @@ OPTIONS: tuple[Option, ...] = (
         "where laf-py keeps its SQLite database and token secret (default <app folder>/.laf)",
     ),
     Option(
+        "public_dir",
+        "--public",
+        "LAF_PUBLIC",
+        Path,
+        "a folder",
+        "static files served at / (default <app folder>/public when it exists)",
+    ),
+    Option(
+        "spa_fallback",
+        "--spa-fallback",
+        "LAF_SPA_FALLBACK",
+        _bool,
+        "true or false",
+        "answer unknown paths without a dot in their last segment with public/index.html, "
+        "for client-side routing (default false)",
+    ),
+    Option(
         "host",
         "--host",
         "LAF_HOST",

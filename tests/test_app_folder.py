@@ -121,14 +121,20 @@ def test_init_creates_an_app_that_passes_its_own_tests(tmp_path: Path):
     code, output = run_to_exit("init", "myapp", cwd=tmp_path)
     assert code == 0, output
     app = tmp_path / "myapp"
-    for name in ("functions/hello.py", "functions/__websocket__.py", "functions/push.py"):
+    made = (
+        "functions/hello.py",
+        "functions/__websocket__.py",
+        "functions/push.py",
+        "public/index.html",
+    )
+    for name in made:
         assert (app / name).is_file(), output
     assert (app / "tests" / "test_app.py").is_file()
     assert (app / "README.md").is_file() and (app / ".gitignore").is_file()
     assert "cd myapp && laf-py serve" in output
     tests = run_pytest(app)
     assert tests.returncode == 0, tests.stdout
-    assert "3 passed" in tests.stdout
+    assert "4 passed" in tests.stdout
     assert not (app / ".laf").exists()  # the tests used a data folder of their own
 
 

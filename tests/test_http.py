@@ -657,9 +657,10 @@ async def test_healthz(serve, http, functions_dir: Path) -> None:
     assert response.json()["status"] == "ok"
 
 
-async def test_index_page(serve, http, functions_dir: Path) -> None:
-    """``GET /`` is an HTML page that talks to ``/__websocket__``."""
-    async with serve(functions_dir) as server:
+async def test_index_page(serve, http) -> None:
+    """The examples' ``GET /`` is their public/index.html, a page that talks to
+    ``/__websocket__`` (tests/test_static.py: the rules of public/)."""
+    async with serve(EXAMPLES) as server:
         response = await http.get(server.url + "/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")

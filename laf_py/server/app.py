@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import logging
 import re
-from importlib import resources
+from typing import Any
 
 import tornado.web
 from tornado.log import access_log
 
 from ..runtime import Runtime
 from .activity import Activity
-from .base import BaseHandler, NotFoundHandler
+from .base import NotFoundHandler
 from .http import PREFIX, FunctionHandler, HealthHandler
 from .keepalive import Keepalive
+from .static import PublicFileHandler, WelcomeHandler
 from .websocket import FunctionSocketHandler
 
 __all__ = ["make_app"]
-
-
-class IndexHandler(BaseHandler):
-    """A small page that talks to ``/__websocket__`` from the browser."""
-
-    page = resources.files("laf_py.server").joinpath("static/index.html").read_bytes()
-
-    def get(self) -> None:
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(self.page)
 
 
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&]*")
@@ -57,13 +48,20 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 def make_app(runtime: Runtime, activity: Activity, keepalive: Keepalive) -> tornado.web.Application:
     deps = {"runtime": runtime, "activity": activity}
     settings = runtime.settings
+    # First match wins: functions, the WebSocket and /_/ before any file of public/.
+    routes: list[Any] = [
+        (rf"{PREFIX}(.*)", FunctionHandler, deps),
+        (r"/__websocket__", FunctionSocketHandler, {**deps, "keepalive": keepalive}),
+        (r"/_/healthz", HealthHandler, deps),
+        (r"/_/.*", NotFoundHandler, deps),
+    ]
+    if settings.public_dir is not None:
+        public = {"path": str(settings.public_dir), "spa_fallback": settings.spa_fallback}
+        routes.append((r"/(.*)", PublicFileHandler, {**deps, **public}))
+    else:
+        routes.append((r"/", WelcomeHandler, deps))
     return tornado.web.Application(
-        [
-            (rf"{PREFIX}(.*)", FunctionHandler, deps),
-            (r"/__websocket__", FunctionSocketHandler, {**deps, "keepalive": keepalive}),
-            (r"/_/healthz", HealthHandler, deps),
-            (r"/", IndexHandler, deps),
-        ],
+        routes,
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
         log_function=log_request,

@@ -33,3 +33,11 @@ def test_push_reaches_every_device_of_a_user() -> None:
             assert phone.receive_json() == {"type": "push", "message": "lunch?"}
             assert laptop.receive_json() == {"type": "push", "message": "lunch?"}
         assert client.post("push", json={"user": "ada", "message": "?"}).status_code == 404
+        assert client.post("push", json={"user": "", "message": "?"}).status_code == 400
+
+
+def test_the_page_is_served() -> None:
+    with TestClient(APP) as client:
+        page = client.get("/")
+        assert page.status_code == 200
+        assert "/__websocket__" in page.text
