@@ -25,7 +25,7 @@ async def main(ctx: FunctionContext) -> dict[str, Any]:
         raise HTTPError(401, "log in first: POST /fn/login, then send the token as a Bearer")
     body = ctx.body if isinstance(ctx.body, dict) else {}
     user, message = body.get("user"), body.get("message")
-    if not isinstance(user, str) or message is None:
+    if not isinstance(user, str) or not user or message is None:
         raise HTTPError(400, 'send {"user": "<name>", "message": ...}')
     sender = ctx.user.get("uid") or ctx.user.get("sub")
     notification = {"type": "notification", "from": sender, "message": message}

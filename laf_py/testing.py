@@ -106,7 +106,7 @@ class _ServerProcess:
             app_dir, functions = folder.parent, folder
         self._scratch = Path(tempfile.mkdtemp(prefix="laf-test-"))
         self.secret = secrets.token_urlsafe(48)
-        self.tokens = Tokens(self.secret)
+        self.tokens = Tokens(self.secret, require_exp=bool(settings.get("require_token_exp")))
         arguments = {
             "host": "127.0.0.1",
             "port": 0,
@@ -216,7 +216,10 @@ class _Client:
         return merged
 
     def _token_for(self, user: str | Mapping[str, Any]) -> str:
-        return self.token({"uid": user} if isinstance(user, str) else user)
+        payload = {"uid": user} if isinstance(user, str) else user
+        # Under --require-token-exp a ``user=`` token lasts an hour (one without exp is refused).
+        expires_in = 3600.0 if self.server.tokens.require_exp and "exp" not in payload else None
+        return self.token(payload, expires_in)
 
     def _ws_target(
         self, query: Mapping[str, str] | None, headers: Mapping[str, str] | None, user: User

@@ -97,8 +97,9 @@ HTTP_FUNCTIONS = {
         from laf_py import cloud
 
         async def main(ctx):
+            user = ctx.query.get("user")
             return {
-                "online": await cloud.sockets.is_online(ctx.query.get("user", "")),
+                "online": bool(user) and await cloud.sockets.is_online(user),
                 "users": await cloud.sockets.online_users(),
                 "here": [socket.id for socket in cloud.sockets],
             }

@@ -316,7 +316,7 @@ async def test_frames_pipelined_behind_the_handshake_are_handled(serve, function
     async with serve(functions_dir) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.server.port)
         request = (
-            "GET /__websocket__ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "GET /__websocket__ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         )
@@ -346,7 +346,7 @@ async def test_malformed_upgrades_are_refused_before_any_event(
     the connection event never runs."""
     write_function(functions_dir, "__websocket__", ECHO + "\n    cloud.shared['ran'] = True\n")
     request = (
-        "GET /__websocket__ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "GET /__websocket__ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n"
     ).replace(*change)

@@ -148,7 +148,7 @@ async def test_shutdown_past_grace_still_runs_close_events(serve, functions_dir:
         host, port = "127.0.0.1", server.server.port
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
-            b"GET /__websocket__ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"GET /__websocket__ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n"
         )

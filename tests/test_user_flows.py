@@ -164,6 +164,20 @@ async def test_notify_without_a_token_is_401(app: App) -> None:
     assert "log in first" in response.json()["error"]
 
 
+@pytest.mark.parametrize("user", [1, "", ["alice"], None], ids=repr)
+async def test_notify_a_user_id_that_is_not_a_string_is_400(app: App, user: Any) -> None:
+    """User ids are non-empty strings: {"user": 1} or {"user": ""} is the caller's mistake (400),
+    not a crash of the function (cloud.sockets.send_to_user raises on them)."""
+    bob = await app.login("bob")
+    response = await app.http.post(
+        app.server.fn_url("notify"),
+        json={"user": user, "message": "hi"},
+        headers={"Authorization": f"Bearer {bob}"},
+    )
+    assert response.status_code == 400, response.text
+    assert "user" in response.json()["error"]
+
+
 async def test_online_lists_connected_users(app: App) -> None:
     """GET /fn/online lists alice while she is connected, and not anonymous clients."""
     await app.connect(await app.login("alice"))

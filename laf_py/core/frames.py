@@ -18,6 +18,8 @@ __all__ = [
     "encode_frame",
     "encode_payload",
     "frame",
+    "frame_size",
+    "payload_size",
 ]
 
 TEXT = 0x1
@@ -54,6 +56,21 @@ def frame(opcode: int, payload: bytes) -> bytes:
 
 def encode_frame(message: Any) -> bytes:
     return frame(*encode_payload(message))
+
+
+def frame_size(payload_length: int) -> int:
+    """The length of the frame that carries a payload of ``payload_length`` bytes."""
+    if payload_length < 126:
+        return 2 + payload_length
+    if payload_length < 1 << 16:
+        return 4 + payload_length
+    return 10 + payload_length
+
+
+def payload_size(encoded: bytes) -> int:
+    """The payload length of one frame made by :func:`frame`."""
+    length = encoded[1] & 0x7F
+    return len(encoded) - (2 if length < 126 else 4 if length == 126 else 10)
 
 
 def close_reason(reason: str) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import tornado.web
 from tornado.log import access_log
 
+from ..cloud.tokens import hide_tokens, hide_tokens_in_uri
 from ..runtime import Runtime
 from .activity import Activity
 from .base import NotFoundHandler
@@ -20,11 +20,10 @@ from .websocket import FunctionSocketHandler
 __all__ = ["make_app"]
 
 
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&]*")
-
-
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, without the tokens that WebSocket clients put in the URL."""
+    """Tornado's access log line, without tokens: WebSocket clients put theirs in the URL
+    (``?token=``), and a token may come in any other spelling or place of it
+    (:func:`~laf_py.cloud.tokens.hide_tokens_in_uri`)."""
     status = handler.get_status()
     severity = status
     if status >= 1000:  # a refused WebSocket handshake, logged with its close code
@@ -33,19 +32,44 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     if not access_log.isEnabledFor(level):
         return
     request = handler.request
-    uri = _TOKEN_IN_QUERY.sub(r"\1***", request.uri or "")
+    uri = hide_tokens_in_uri(request.uri or "")
     access_log.log(
         level,
         "%d %s %s (%s) %.2fms",
         status,
-        request.method,
+        hide_tokens(request.method or ""),
         uri,
         request.remote_ip,
         1000.0 * request.request_time(),
     )
 
 
+class _HideTokens(logging.Filter):
+    """Tornado's own log lines without tokens: a request it refuses as malformed is logged
+    with the header value or request line it could not parse."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # logging reports the broken record itself
+        hidden = hide_tokens(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
+
+
+_HIDE_TOKENS = _HideTokens()
+
+
+def hide_tokens_in_tornado_logs() -> None:
+    """Install the filter (once: a logger keeps one copy of a filter)."""
+    for name in ("tornado.general", "tornado.application"):
+        logging.getLogger(name).addFilter(_HIDE_TOKENS)
+
+
 def make_app(runtime: Runtime, activity: Activity, keepalive: Keepalive) -> tornado.web.Application:
+    hide_tokens_in_tornado_logs()
     deps = {"runtime": runtime, "activity": activity}
     settings = runtime.settings
     # First match wins: functions, the WebSocket and /_/ before any file of public/.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Any
@@ -28,7 +29,7 @@ from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 from tornado.util import _websocket_mask
 
 from ..cloud.delivery import WRITTEN
-from ..cloud.tokens import user_id_of
+from ..cloud.tokens import TOKEN_EXPIRED, expires_at, user_id_of
 from ..core import frame_parser as parsing
 from ..core import frames
 from ..core.context import WS_CLOSE, WS_CONNECTION, WS_MESSAGE, FunctionContext, new_request_id
@@ -51,11 +52,15 @@ POLICY_VIOLATION = 1008
 SLOW_CONSUMER = 1008
 INTERNAL_ERROR = 1011
 PING_TIMEOUT = 1011  # as the websockets library does
+MESSAGE_TIMEOUT = "message timeout"  # close 1008: a message not complete in --message-timeout
 
 READ_CHUNK = 65536
 MAX_WAITING = 16  # messages waiting behind the one being handled before reading pauses
 RESUME_AT = 4  # ... and reading resumes when this few are left (the websockets library's 16/4)
 CLOSE_TIMEOUT = 5.0  # how long a close frame waits for the client's answer
+SEND_STALL = 5.0  # unsent data over --max-send-buffer the client takes no byte of: 1008 after this
+TOKEN_EXPIRED_CODE = 4401  # the socket's token expired (4000 + 401, like a rejection)
+MAX_TIMER = 86400.0  # an expiry timer waits at most this long, then looks again
 
 
 class SocketConnection:
@@ -68,12 +73,15 @@ class SocketConnection:
 
     # Slots: thousands of idle connections each pay only for their fields.
     __slots__ = (
+        "_assembly",
+        "_backlog",
         "_close",
         "_close_sent",
         "_closing_timer",
         "_early",
         "_ended",
         "_event_ran",
+        "_expiry",
         "_flood",
         "_headers",
         "_parser",
@@ -109,6 +117,7 @@ class SocketConnection:
         self._stream: IOStream | None = None
         self._early: list[bytes] | None = []  # frames held until the handshake answer is out
         self._parser = parsing.FrameParser(settings.max_message_size, _websocket_mask)
+        self._assembly: asyncio.TimerHandle | None = None  # a message started: its deadline
         self._flood = FloodGuard(settings.max_messages_per_second)
         self._waiting: deque[str | bytes] | None = None  # made when a message has to wait
         self._task: asyncio.Task[None] | None = None  # handling messages, or the close event
@@ -117,7 +126,9 @@ class SocketConnection:
         self._close: tuple[int | None, str] | None = None  # who closed first, and why
         self._close_sent = False
         self._closing_timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # closes the socket when its token expires
         self._ended = False  # the TCP connection is closed
+        self._backlog: asyncio.TimerHandle | None = None  # unsent data over --max-send-buffer
 
     # -- the handshake ---------------------------------------------------------------------
 
@@ -126,6 +137,7 @@ class SocketConnection:
         socket by its outcome. Returns how the handshake ends for the access log (101 when
         accepted, else the close code) and the event's request id."""
         self.activity.begin_connection(self)
+        self._watch_expiry()
         ctx = self._context(WS_CONNECTION, {})
         runtime = self.runtime
         function, interceptor = runtime.websocket, runtime.interceptor
@@ -155,7 +167,9 @@ class SocketConnection:
         """The upgrade is done: send ``response`` (the ``101``) with the frames held since,
         then read frames."""
         self._stream = stream
-        stream.max_write_buffer_size = self.runtime.settings.max_send_buffer
+        # The hard cap on unsent data (Tornado raises StreamBufferFullError past it); below
+        # it, a backlog over --max-send-buffer is judged by whether it drains (_write).
+        stream.max_write_buffer_size = self.runtime.settings.max_send_backlog
         held, self._early = self._early or [], None
         if stream.closed():  # the client left during the connection event
             self._on_stream_closed()
@@ -183,8 +197,10 @@ class SocketConnection:
     def _on_data(self, future: asyncio.Future[bytes]) -> None:
         if future.cancelled() or future.exception() is not None:
             return  # the stream closed; its close callback follows
+        completed = False  # a message ended in this read: the next one has a deadline of its own
         for kind, value in self._parser.feed(future.result()):
             if kind == parsing.TEXT or kind == parsing.BINARY:
+                completed = True
                 self._received(value)
             elif kind == parsing.PONG:
                 self.keepalive.answered(self)
@@ -197,6 +213,17 @@ class SocketConnection:
             else:  # FAILED: the client broke the protocol
                 self._fail(*value)
                 return
+        # A frame, or a message in fragments, begun and not complete: it must be within
+        # --message-timeout. (The parser's state, read directly: this runs for every read.)
+        parser = self._parser
+        unfinished = parser._waiting or parser._fragments
+        if self._assembly is not None and (completed or not unfinished):
+            self._assembly.cancel()
+            self._assembly = None
+        if unfinished and self._assembly is None:
+            timeout = self.runtime.settings.message_timeout
+            loop = asyncio.get_running_loop()
+            self._assembly = loop.call_later(timeout, self._message_timed_out)
         if not self._paused and not self._ended:
             self._read()
 
@@ -254,8 +281,9 @@ class SocketConnection:
 
     @property
     def reading_paused(self) -> bool:
-        """For Keepalive: a client we stopped reading cannot be heard answering pings."""
-        return self._paused
+        """For Keepalive: a client we stopped reading cannot be heard answering pings; nor
+        can one whose ping waits behind a backlog (that one is judged by _check_backlog)."""
+        return self._paused or self._backlog is not None
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -325,7 +353,14 @@ class SocketConnection:
     def ping_timed_out(self) -> None:
         """For Keepalive: no pong in time. Say why in a close frame (a client that reads but
         does not answer pings sees it), then drop the connection without waiting for the
-        client's reply, which is not coming."""
+        client's reply, which is not coming. But while data is still queued for the client,
+        its ping may be waiting behind it: the slow-consumer rule judges it instead, by
+        whether it keeps taking bytes (_check_backlog)."""
+        stream = self._stream
+        if stream is not None and stream.writing() and not self._close_sent:
+            if self._backlog is None:
+                self._watch_backlog(stream._total_write_done_index, time.monotonic())
+            return
         if self._close is None:
             self._close = (PING_TIMEOUT, "ping timeout")
         if not self._close_sent:
@@ -333,12 +368,53 @@ class SocketConnection:
             self._write(frames.close_frame(PING_TIMEOUT, "ping timeout"))
         self._drop()
 
+    def _watch_expiry(self) -> None:
+        """A socket lives no longer than the token it was opened with: at the token's ``exp``
+        it is closed with 4401 "token expired" (the client reconnects with a fresh token).
+        One timer, only for sockets whose token expires."""
+        deadline = expires_at(self._user)
+        if deadline is not None and not self._ended:
+            delay = min(max(deadline - time.time(), 0.0), MAX_TIMER)
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        deadline = expires_at(self._user)
+        if deadline is not None and deadline > time.time():
+            self._watch_expiry()  # a far exp (past MAX_TIMER), or the clock moved: not yet
+        else:
+            self.close(TOKEN_EXPIRED_CODE, TOKEN_EXPIRED)
+
+    def _message_timed_out(self) -> None:
+        """A message began more than --message-timeout ago and is not complete: a client
+        trickling a frame, or one that stalls mid-message (between fragments it can still
+        answer pings, so the ping timeout would never end it). Close 1008 and drop at once:
+        the client's answer would queue behind the frame it is not finishing."""
+        self._assembly = None
+        if self._ended:
+            return
+        timeout = self.runtime.settings.message_timeout
+        if self._paused:  # we stopped reading it, so it cannot finish: judge it later
+            self._assembly = asyncio.get_running_loop().call_later(timeout, self._message_timed_out)
+            return
+        log.info("closing socket %s: a message not complete after %gs", self.socket.id, timeout)
+        if self._close is None:
+            self._close = (POLICY_VIOLATION, MESSAGE_TIMEOUT)
+        if not self._close_sent:
+            self._close_sent = True
+            self._write(frames.close_frame(POLICY_VIOLATION, MESSAGE_TIMEOUT))
+        self._drop()
+
     def _on_stream_closed(self) -> None:
         if self._ended:
             return
         self._ended = True
+        if self._assembly is not None:
+            self._assembly.cancel()
         if self._closing_timer is not None:
             self._closing_timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.keepalive.discard(self)
         self.runtime.sockets.discard(self.socket)
         if self._task is None:  # else the messages still waiting go first
@@ -386,16 +462,51 @@ class SocketConnection:
                 return WRITTEN
             data = data[sent:]
         try:
-            return stream.write(data)
-        except StreamBufferFullError:
+            flushed = stream.write(data)
+        except StreamBufferFullError:  # over the hard cap, --max-send-buffer x 16
             self._close_slow_consumer(stream)
+            return None
         except StreamClosedError:
-            pass
-        return None
+            return None
+        # A backlog over --max-send-buffer: fine while the client keeps taking bytes (a big
+        # message on its way), judged from now on. (Tornado's buffer, read directly: cheap;
+        # None when the write found the connection broken.)
+        if self._backlog is None:
+            queued = stream._write_buffer
+            if queued is not None and len(queued) > self.runtime.settings.max_send_buffer:
+                self._watch_backlog(stream._total_write_done_index, time.monotonic())
+        return flushed
+
+    def _watch_backlog(self, written: int, since: float) -> None:
+        """Look at the backlog again in a fifth of SEND_STALL: ``written`` is the stream's
+        count of bytes sent when it was last seen to move, at ``since``."""
+        loop = asyncio.get_running_loop()
+        self._backlog = loop.call_later(SEND_STALL / 5, self._check_backlog, written, since)
+
+    def _check_backlog(self, written: int, since: float) -> None:
+        """The slow-consumer rule: a backlog (once over --max-send-buffer, or one a ping is
+        waiting behind) of which the client has taken no byte for SEND_STALL seconds means a
+        client that stopped reading. One that is reading, however slowly and however big the
+        message, keeps its connection (the hard cap bounds the memory); the watch ends when
+        everything is sent."""
+        self._backlog = None
+        stream = self._stream
+        if self._ended or stream is None or stream.closed():
+            return
+        if not stream.writing():
+            return  # all sent: a new backlog is judged afresh
+        now = time.monotonic()
+        if stream._total_write_done_index != written:  # it moved
+            self._watch_backlog(stream._total_write_done_index, now)
+        elif now - since >= SEND_STALL:
+            self._close_slow_consumer(stream)
+        else:
+            self._watch_backlog(written, since)
 
     def _close_slow_consumer(self, stream: IOStream) -> None:
-        """The client stopped reading: its unsent data hit --max-send-buffer. Close it, so
-        one client can never make the server's memory grow without bound."""
+        """The client stopped reading (no byte of its backlog taken for SEND_STALL), or its
+        unsent data passed the hard cap. Close it, so one client can never make the server's
+        memory grow without bound."""
         log.warning("dropping socket %s: slow consumer", self.socket.id)
         if self._close is None:
             self._close = (SLOW_CONSUMER, "slow consumer")

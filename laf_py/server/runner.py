@@ -20,6 +20,7 @@ import tornado.netutil
 
 from ..config import Settings
 from ..runtime import Runtime, StartupError
+from . import accept
 from .activity import Activity
 from .app import make_app
 from .banner import banner
@@ -77,7 +78,7 @@ class Server:
             self._close_listeners()
             await self.runtime.stop()
             raise
-        self._http = tornado.httpserver.HTTPServer(
+        self._http = accept.HTTPServer(
             make_app(self.runtime, self.activity, self.keepalive),
             # X-Real-Ip / X-Forwarded-For only from a proxy we are told to trust: a client
             # could otherwise claim any address.
@@ -85,12 +86,19 @@ class Server:
             # Above this Tornado drops the connection; between --max-body-size and this, the
             # body is read and thrown away, then the handler answers 413.
             max_body_size=drain_limit(self.settings.max_body_size),
+            # Slow clients (README, "Limits and defaults"): one deadline for a request head
+            # (from connect or the previous answer: idle keep-alive too), one for a body.
+            idle_connection_timeout=self.settings.header_timeout,
+            body_timeout=self.settings.body_timeout,
+            max_header_size=self.settings.max_header_size,
+            max_connections=self.settings.max_http_connections,
         )
         self._http.add_sockets(self._listeners)
         if announce if announce is not None else listeners is None:
             lines = banner(self.settings, self.url, self.runtime.registry.functions(), loop_name())
             # With --workers the parent said where it listens; worker 0 says the rest.
             log.info("%s", "\n".join(lines if listeners is None else lines[1:]))
+            accept.log_open_file_limit()  # what serve() raised it to, if it ran
 
     async def stop(self) -> None:
         """Stop accepting, close every socket with 1001, let calls in flight finish."""
@@ -98,6 +106,7 @@ class Server:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         self.activity.draining = True
+        self.runtime.stop_scheduling()
         if self._http is not None:
             self._http.stop()
         self.activity.close_connections(1001, SHUTDOWN_REASON)
@@ -143,6 +152,7 @@ def bind(settings: Settings) -> list[socket.socket]:
 
 def serve(settings: Settings) -> None:
     """Run a server until SIGTERM or SIGINT (the CLI's ``serve``)."""
+    accept.raise_open_file_limit()  # before forking: workers inherit it
     if settings.workers > 1:
         from .workers import serve_workers
 

@@ -11,7 +11,7 @@ methods = ["POST"]
 async def main(ctx: FunctionContext) -> dict[str, Any]:
     body = ctx.body if isinstance(ctx.body, dict) else {}
     user, message = body.get("user"), body.get("message")
-    if not isinstance(user, str) or message is None:
+    if not isinstance(user, str) or not user or message is None:
         raise HTTPError(400, 'send {"user": "<id>", "message": ...}')
     delivered = await cloud.sockets.send_to_user(user, {"type": "push", "message": message})
     if not delivered:
