@@ -1,7 +1,7 @@
 """laf-py against a plain Tornado app and a websockets-library server, same run, same generator.
 
     python bench/compare.py [--quick] [--rounds 3] [--duration 5] [--clients 2]
-                            [--only echo,http,broadcast,memory,churn]
+                            [--only echo,http,static,stream,broadcast,memory,churn]
 
 Starts the servers (bench/baselines/tornado_app.py, bench/baselines/websockets_app.py and
 ``laf-py serve`` on bench/compare_functions) and drives them with bench/loadgen.py. The machine
@@ -14,6 +14,13 @@ ratio is the median of the ratios measured within one round.
 - http: ``GET /hello`` (``/fn/hello`` on laf-py) with wrk (``-t1 -c50``) when it is installed,
   else with the Python generator: requests per second, p50/p99. Not run on websockets, which is
   not an HTTP framework;
+- static: ``GET /file.txt``, a 10 KiB file of the app's ``public/`` folder on laf-py (started with
+  ``--app-dir``), Tornado's own ``StaticFileHandler`` on the same file in the baseline; measured
+  as http is;
+- stream: ``GET /stream`` (``/fn/stream`` on laf-py), a chunked response of 10 chunks of 1 KiB,
+  each written and flushed (laf-py: a function's async generator; Tornado: a handler that
+  ``write``s and ``await``s ``flush()`` ten times); measured as http is, each request reading
+  the whole stream;
 - broadcast: ``--broadcast-connections`` sockets (5000), one HTTP call that broadcasts a short
   text frame, time from sending that call until every socket has the frame; the median of
   ``--broadcast-rounds`` broadcasts after one warm-up;
@@ -66,7 +73,18 @@ import latency  # noqa: E402
 from loadgen import Pool, cpu_seconds, fd_count, rss_kib, share  # noqa: E402
 
 monotonic = time.monotonic
-PHASES = ("echo", "http", "push", "broadcast", "memory", "churn", "instructions", "cluster")
+PHASES = (
+    "echo",
+    "http",
+    "static",
+    "stream",
+    "push",
+    "broadcast",
+    "memory",
+    "churn",
+    "instructions",
+    "cluster",
+)
 SERVER_NAMES = ("tornado", "websockets", "laf-py")
 
 # -- the servers -------------------------------------------------------------------------------
@@ -79,13 +97,25 @@ class Target:
     hello_path: str | None
     broadcast_path: str
     push_path: str | None
+    static_path: str | None = None
+    stream_path: str | None = None
 
 
 TARGETS = [
-    Target("tornado", "/echo", "/hello", "/broadcast", "/push"),
+    Target("tornado", "/echo", "/hello", "/broadcast", "/push", "/file.txt", "/stream"),
     Target("websockets", "/", None, "/broadcast", None),
-    Target("laf-py", "/__websocket__", "/fn/hello", "/fn/broadcast", "/fn/push"),
+    Target(
+        "laf-py",
+        "/__websocket__",
+        "/fn/hello",
+        "/fn/broadcast",
+        "/fn/push",
+        "/file.txt",
+        "/fn/stream",
+    ),
 ]
+STATIC_BODY = b"0123456789abcde\n" * 640  # 10 KiB: public/file.txt
+STREAM_BODY = b"0123456789abcde\n" * 64 * 10  # 10 chunks of 1 KiB (compare_functions/stream.py)
 LAF_PY = TARGETS[2]
 
 
@@ -110,6 +140,16 @@ class ServerOutput(threading.Thread):
         self.url.put(None)
 
 
+def static_app(tmp: Path) -> Path:
+    """The app folder laf-py is started on (``--app-dir``): only ``public/file.txt``, the
+    file that the Tornado baseline serves too."""
+    public = tmp / "app" / "public"
+    if not public.is_dir():
+        public.mkdir(parents=True)
+        (public / "file.txt").write_bytes(STATIC_BODY)
+    return public.parent
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,10 +170,13 @@ class Server:
     ) -> None:
         self.target = target
         self.port = 0
+        # Under valgrind, imports alone take ~30 s, and minutes on a loaded machine.
+        self.start_timeout = 300.0 if prefix else 60.0
         if target.name == "laf-py":
             self.port = free_port()  # at --log-level warning it prints no "listening on" line
             command = [sys.executable, "-m", "laf_py", "serve", "--host", "127.0.0.1"]
             command += ["--port", str(self.port), "--functions", str(HERE / "compare_functions")]
+            command += ["--app-dir", str(static_app(tmp))]  # serves <app>/public at /
             command += ["--reload", "false", "--log-level", args.laf_log_level]
             command += ["--max-messages-per-second", "0", "--max-connections", "20000"]
             command += ["--database-url", f"sqlite:///{tmp / f'compare{label}.db'}"]
@@ -141,6 +184,8 @@ class Server:
         else:
             script = HERE / "baselines" / f"{target.name}_app.py"
             command = [sys.executable, str(script), "--port", "0"]
+            if target.static_path is not None:
+                command += ["--static-dir", str(static_app(tmp) / "public")]
             if args.baseline_loop == "uvloop":
                 command.append("--uvloop")
         self.process = subprocess.Popen(
@@ -168,14 +213,14 @@ class Server:
     def wait_ready(self) -> None:
         if self.port == 0:
             try:
-                url = self.output.url.get(timeout=60)
+                url = self.output.url.get(timeout=self.start_timeout)
             except queue.Empty:
                 url = None
             if url is None:
                 raise RuntimeError(f"{self.target.name} did not start:\n" + self.log())
             self.port = int(url.rsplit(":", 1)[1])
             return
-        deadline = monotonic() + 60
+        deadline = monotonic() + self.start_timeout
         while monotonic() < deadline:
             self.alive()
             try:
@@ -328,11 +373,21 @@ class Bench:
         }
 
     def http(self, server: Server) -> dict[str, Any] | None:
-        path = server.target.hello_path
+        return self.get_load(server, server.target.hello_path, b"Hello, world!")
+
+    def static(self, server: Server) -> dict[str, Any] | None:
+        return self.get_load(server, server.target.static_path, STATIC_BODY)
+
+    def stream(self, server: Server) -> dict[str, Any] | None:
+        return self.get_load(server, server.target.stream_path, STREAM_BODY)
+
+    def get_load(self, server: Server, path: str | None, expected: bytes) -> dict[str, Any] | None:
+        """``GET path`` in a closed loop (wrk, else the Python generator), once it is seen to
+        answer ``expected``."""
         if path is None:
             return None
         status, body = http_get(server.port, path)
-        if status != 200 or body != b"Hello, world!":
+        if status != 200 or body != expected:
             raise RuntimeError(f"GET {path}: {status} {body[:100]!r}")
         wrk = shutil.which("wrk")
         if wrk and not self.args.python_http:
@@ -544,7 +599,7 @@ def wrk_latency(out: str, label: str) -> float | None:
 # -- the run -----------------------------------------------------------------------------------
 
 
-LOADED_PHASES = ("echo", "http", "push", "broadcast")
+LOADED_PHASES = ("echo", "http", "static", "stream", "push", "broadcast")
 FRESH_PHASES = ("memory", "churn")
 
 
@@ -573,6 +628,8 @@ def run_loaded(
     steps = {
         "echo": bench.echo,
         "http": bench.http,
+        "static": bench.static,
+        "stream": bench.stream,
         "push": bench.push,
         "broadcast": bench.broadcast,
     }
@@ -697,6 +754,18 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("  server CPU %", "http", "server_cpu_pct", False),
     ("  generator CPU %", "http", "generator_cpu_pct", False),
     ("  rest of the machine CPU %", "http", "other_cpu_pct", False),
+    ("static 10 KiB file requests/s", "static", "requests_per_s", True),
+    ("static p50 ms", "static", "p50_ms", True),
+    ("static p99 ms", "static", "p99_ms", True),
+    ("  server CPU %", "static", "server_cpu_pct", False),
+    ("  generator CPU %", "static", "generator_cpu_pct", False),
+    ("  rest of the machine CPU %", "static", "other_cpu_pct", False),
+    ("stream 10 x 1 KiB requests/s", "stream", "requests_per_s", True),
+    ("stream p50 ms", "stream", "p50_ms", True),
+    ("stream p99 ms", "stream", "p99_ms", True),
+    ("  server CPU %", "stream", "server_cpu_pct", False),
+    ("  generator CPU %", "stream", "generator_cpu_pct", False),
+    ("  rest of the machine CPU %", "stream", "other_cpu_pct", False),
     ("push, HTTP call -> frame p50 ms", "push", "p50_ms", True),
     ("push, HTTP call -> frame p99 ms", "push", "p99_ms", True),
     ("broadcast: all received ms (median)", "broadcast", "median_ms", True),

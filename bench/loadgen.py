@@ -159,16 +159,34 @@ class HTTPClient(asyncio.Protocol):
         buf += data
         while (end := buf.find(b"\r\n\r\n")) >= 0:
             head = bytes(buf[:end]).decode("latin-1").lower()
-            length = 0
+            length, chunked = 0, False
             for line in head.split("\r\n")[1:]:
                 name, _, value = line.partition(":")
                 if name == "content-length":
                     length = int(value)
+                elif name == "transfer-encoding":
+                    chunked = "chunked" in value
+            if chunked:
+                body_end = chunked_end(buf, end + 4)
+                if body_end is None:
+                    return
+                length = body_end - end - 4
             if len(buf) < end + 4 + length:
                 return
             self.statuses[int(head[9:12])] += 1
             del buf[: end + 4 + length]
             self.on_response(self)
+
+
+def chunked_end(buf: bytearray, start: int) -> int | None:
+    """Where a chunked body that begins at ``start`` ends (no trailers), or None if not yet."""
+    at = start
+    while (line_end := buf.find(b"\r\n", at)) >= 0:
+        size = int(bytes(buf[at:line_end]).split(b";")[0], 16)
+        if size == 0:
+            return line_end + 4 if len(buf) >= line_end + 4 else None
+        at = line_end + 2 + size + 2
+    return None
 
 
 # -- the worker process ------------------------------------------------------------------------

@@ -50,10 +50,20 @@ class Settings:
     max_send_buffer: int = 1 * MIB
     max_connections: int = 10_000
     max_messages_per_second: float = 100.0
+    # Slow clients: HTTP timeouts and connection cap, WebSocket message timeout.
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    message_timeout: float = 60.0
+    max_header_size: int = 64 * 1024
+    max_http_connections: int = 1000
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     allowed_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
     trust_proxy_headers: bool = False
+    # Host names and tokens: None = the default for --host (loopback names, or any).
+    allowed_hosts: tuple[str, ...] | None = None
+    require_token_exp: bool = False
     event_loop: str = "auto"
 
     def __post_init__(self) -> None:
@@ -87,6 +97,17 @@ class Settings:
     def database(self) -> str:
         """The SQLAlchemy URL in use: the configured one, or SQLite in the data folder."""
         return self.database_url or f"sqlite+aiosqlite:///{self.data.resolve() / 'laf.db'}"
+
+    @property
+    def max_send_backlog(self) -> int:
+        """Unsent data one socket may ever hold (16 x max_send_buffer): past it, 1008 at once."""
+        return SEND_BACKLOG_FACTOR * self.max_send_buffer
+
+    @property
+    def max_outbound_message(self) -> int:
+        """The largest message a function may send (8 x max_send_buffer): half the backlog
+        cap, so a reading client always has room for one more of them."""
+        return OUTBOUND_MESSAGE_FACTOR * self.max_send_buffer
 
     @classmethod
     def load(
@@ -152,6 +173,9 @@ class Settings:
 
 DATA_FOLDER = ".laf"
 PUBLIC_FOLDER = "public"
+# Outbound WebSocket data, in multiples of --max-send-buffer (see SocketConnection._write).
+SEND_BACKLOG_FACTOR = 16  # unsent data per socket, at most
+OUTBOUND_MESSAGE_FACTOR = 8  # one message a function sends, at most
 
 
 def legacy_data_dir(functions: Path) -> Path:

@@ -3,7 +3,9 @@ the words of the error a bad value gets."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +158,25 @@ def _origins(raw: str) -> tuple[str, ...]:
         if origin != "*" and "://" not in origin:
             raise ValueError(raw)
     return origins
+
+
+_HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9_-][a-z0-9_.-]*")
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    """``--allowed-hosts``: names, addresses and ``*.`` patterns, without scheme or port."""
+    hosts = []
+    for entry in raw.split(","):
+        host = entry.strip().lower()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]  # [::1]
+        host = host.removesuffix(".")
+        if ":" in host:
+            ipaddress.IPv6Address(host)  # ValueError if it is not one
+        elif not _HOST_PATTERN.fullmatch(host):
+            raise ValueError(raw)
+        hosts.append(host)
+    return tuple(hosts)
 
 
 def _log_level(raw: str) -> str:
@@ -331,7 +352,9 @@ OPTIONS: tuple[Option, ...] = (
         "LAF_MAX_SEND_BUFFER",
         _size,
         "a size like 1m or 256k",
-        "unsent data one socket may hold before it is closed as a slow consumer (default 1m)",
+        "unsent data one socket may hold freely; past it the client must keep taking bytes "
+        "(none for 5s: closed as a slow consumer, 1008). Also sets the largest message a "
+        "function may send (8x) and the most unsent data a socket may hold (16x) (default 1m)",
     ),
     Option(
         "max_connections",
@@ -348,6 +371,51 @@ OPTIONS: tuple[Option, ...] = (
         _rate,
         "a number >= 0 (0: no limit)",
         "inbound messages per second per connection, bursts of twice that (default 100)",
+    ),
+    # -- Slow clients: HTTP timeouts and connection cap, WebSocket message timeout --
+    Option(
+        "header_timeout",
+        "--header-timeout",
+        "LAF_HEADER_TIMEOUT",
+        _positive,
+        "seconds > 0",
+        "a connection must send a complete request head within this of opening or of its "
+        "previous answer, else it is closed: idle keep-alive and trickled headers (default 10)",
+    ),
+    Option(
+        "body_timeout",
+        "--body-timeout",
+        "LAF_BODY_TIMEOUT",
+        _positive,
+        "seconds > 0",
+        "a request body must arrive within this of its head, else the connection is closed "
+        "(default 60)",
+    ),
+    Option(
+        "message_timeout",
+        "--message-timeout",
+        "LAF_MESSAGE_TIMEOUT",
+        _positive,
+        "seconds > 0",
+        "a WebSocket message must arrive within this of its first byte, else close 1008 "
+        "(default 60)",
+    ),
+    Option(
+        "max_header_size",
+        "--max-header-size",
+        "LAF_MAX_HEADER_SIZE",
+        _size,
+        "a size like 64k or 16384",
+        "largest HTTP request line and headers; larger ones get 431 (default 64k)",
+    ),
+    Option(
+        "max_http_connections",
+        "--max-http-connections",
+        "LAF_MAX_HTTP_CONNECTIONS",
+        _count,
+        "a whole number > 0",
+        "open HTTP connections one process keeps (WebSockets not counted once open); "
+        "new ones past it get 503 and are closed (default 1000)",
     ),
     Option(
         "ping_interval",
@@ -371,7 +439,17 @@ OPTIONS: tuple[Option, ...] = (
         "LAF_ALLOWED_ORIGINS",
         _origins,
         "comma-separated origins like https://app.example.com, https://*.example.com or *",
-        "browser origins allowed to open WebSockets (default: the server's own origin)",
+        "browser origins allowed to call functions (CORS) and open WebSockets (default: the "
+        "server's own origin only)",
+    ),
+    Option(
+        "allow_credentials",
+        "--allow-credentials",
+        "LAF_ALLOW_CREDENTIALS",
+        _bool,
+        "true or false",
+        "let pages of --allowed-origins send cookies and HTTP auth with their calls "
+        "(Access-Control-Allow-Credentials; default false)",
     ),
     Option(
         "trust_proxy_headers",
@@ -381,6 +459,25 @@ OPTIONS: tuple[Option, ...] = (
         "true or false",
         "take the client address and scheme from X-Forwarded-For / X-Real-Ip / "
         "X-Forwarded-Proto (only behind a proxy that sets them; default false)",
+    ),
+    # -- Host names and tokens (hardening) --
+    Option(
+        "allowed_hosts",
+        "--allowed-hosts",
+        "LAF_ALLOWED_HOSTS",
+        _hosts,
+        "comma-separated host names like app.example.com, *.example.com, 10.0.0.5 or * "
+        "(no scheme, no port)",
+        "Host values served, others get 400 (DNS-rebinding protection; default: localhost, "
+        "*.localhost, 127.0.0.1 and ::1 when --host is a loopback address, else any)",
+    ),
+    Option(
+        "require_token_exp",
+        "--require-token-exp",
+        "LAF_REQUIRE_TOKEN_EXP",
+        _bool,
+        "true or false",
+        "refuse tokens without an exp claim, and issue none (default false)",
     ),
     Option(
         "log_level",

@@ -807,12 +807,38 @@ async def test_trailing_slash_serves_the_function(serve, http, functions_dir, na
     assert post.json() == {"name": name, "method": "POST", "body": {"a": [1, 2]}}
 
 
-async def test_fn_without_a_name_is_a_helpful_404(serve, http, functions_dir: Path) -> None:
-    """``/fn/`` names no function: 404 saying how to call one."""
+async def test_fn_alone_lists_the_functions(serve, http, functions_dir: Path) -> None:
+    """``/fn/`` names no function: it lists the public ones (sorted; reserved names, helpers
+    and files that fail to load apart), so a developer sees what to call."""
     write_function(functions_dir, "hello", "def main(ctx):\n    return 'hi'\n")
+    write_function(functions_dir, "user/profile", "def main(ctx):\n    return 'me'\n")
+    write_function(functions_dir, "_helper", "X = 1\n")
+    write_function(functions_dir, "__websocket__", "def main(ctx):\n    pass\n")
+    write_function(functions_dir, "broken", "def main(ctx)\n")
     async with serve(functions_dir) as server:
         responses = [await http.get(server.url + path) for path in ("/fn/", "/fn//")]
+        head = await http.head(server.url + "/fn/")
+        post = await http.post(server.url + "/fn/", json={})
         missing = await http.get(server.fn_url("nope") + "/")
     for response in responses:
-        assert_error(response, 404, "Function name missing: call /fn/<name>, for example /fn/hello")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json() == {"functions": ["hello", "user/profile"], "failed": ["broken"]}
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == responses[0].headers["content-length"]
+    assert_error(post, 405, "Method POST not allowed")
+    assert post.headers["allow"] == "GET, HEAD"
     assert_error(missing, 404, "Function 'nope' not found")
+
+
+async def test_fn_alone_without_functions_says_where_they_go(
+    serve, http, functions_dir: Path
+) -> None:
+    async with serve(functions_dir) as server:
+        response = await http.get(server.url + "/fn/")
+    assert response.status_code == 200, response.text
+    folder = functions_dir.resolve()
+    assert response.json() == {
+        "functions": [],
+        "message": f"No functions yet: add a .py file to {folder} (each is served at /fn/<name>)",
+    }

@@ -117,7 +117,6 @@ async def test_percent_encoded_underscores_are_still_private(serve, tree) -> Non
         "/fn/hello//",
         "/fn/./hello",
         "/fn/hello%00",
-        "/fn/",
     ],
 )
 async def test_traversal_and_non_names_are_404(serve, tree, target) -> None:

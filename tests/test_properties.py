@@ -548,7 +548,14 @@ def test_any_request_to_a_function_is_never_a_500(
     status = response.status_code
     event(f"status {status}")
     detail = f"{status} {response.text[:500]!r}"
-    assert status in {200, 400, 401, 405, 413}, detail
+    assert status in {200, 400, 401, 403, 405, 413}, detail
+    # An Origin naming another site, from a page not allowed: refused before anything else
+    # (the origin policy, server/cors.py; this server allows none).
+    origin = ",".join(v.decode("latin-1") for n, v in headers if n.lower() == "origin")
+    fetch_site = ",".join(v.decode("latin-1") for n, v in headers if n.lower() == "sec-fetch-site")
+    if origin and fetch_site not in ("same-origin", "none"):
+        assert status == 403, detail
+        return
     if len(body) > BODY_LIMIT:  # refused from Content-Length, before anything else
         assert status == 413, detail
         return
@@ -642,9 +649,12 @@ def test_arbitrary_names_reach_only_public_functions_inside_the_folder(
     assert status in {200, 400, 404, 405}, detail
     if status == 200:
         text = body.decode()
-        if text not in E2E_PUBLIC_TEXT:
+        name = function_name(("/fn/" + rest).partition("?")[0])
+        if name == "":  # /fn/ itself: the list of functions
+            assert "functions" in json.loads(text), detail
+        elif text not in E2E_PUBLIC_TEXT:
             assert json.loads(text)["method"] == "GET", detail  # echo
-            assert function_name(("/fn/" + rest).partition("?")[0]) == "echo", detail
+            assert name == "echo", detail
 
 
 @E2E
@@ -657,6 +667,8 @@ def test_names_that_are_no_function_are_404(live: ThreadedServer, rest: str) -> 
     name = function_name(("/fn/" + rest).partition("?")[0])
     if name == "post_only":
         assert status == 405, detail
+    elif name == "":  # /fn/ itself lists the functions
+        assert status == 200 and "functions" in json.loads(body), detail
     elif name in E2E_PUBLIC_TEXT or name == "echo":
         assert status == 200, detail
     else:

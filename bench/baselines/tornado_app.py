@@ -1,11 +1,13 @@
 """Baseline for bench/compare.py: a plain Tornado app, what one would write without laf-py.
 
-    python bench/baselines/tornado_app.py [--port 0] [--uvloop]
+    python bench/baselines/tornado_app.py [--port 0] [--uvloop] [--static-dir DIR]
 
 - ``/echo``: a WebSocket handler that writes every message back;
 - ``GET /broadcast?msg=...``: loops over every connected ``/echo`` handler calling
   ``write_message`` (the naive broadcast) and answers ``{"count": n}``;
 - ``GET /hello``: ``Hello, world!``;
+- ``GET /stream``: 10 chunks of 1 KiB, each written and flushed (``await self.flush()``);
+- ``GET /<file>``: the files of ``--static-dir``, by Tornado's own ``StaticFileHandler``;
 - ``POST /push?id=...``: writes the body to the one ``/echo?hello=1`` connection with that id
   (such a connection is sent its id when it opens).
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
@@ -68,15 +71,29 @@ class HelloHandler(tornado.web.RequestHandler):
         self.write("Hello, world!")
 
 
-async def main(port: int) -> None:
-    app = tornado.web.Application(
-        [
-            (r"/echo", EchoHandler),
-            (r"/broadcast", BroadcastHandler),
-            (r"/hello", HelloHandler),
-            (r"/push", PushHandler),
-        ]
-    )
+CHUNK = b"0123456789abcde\n" * 64  # 1 KiB
+
+
+class StreamHandler(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        for _ in range(10):
+            self.write(CHUNK)
+            await self.flush()
+        self.finish()
+
+
+async def main(port: int, static_dir: str | None) -> None:
+    routes: list[Any] = [
+        (r"/echo", EchoHandler),
+        (r"/broadcast", BroadcastHandler),
+        (r"/hello", HelloHandler),
+        (r"/push", PushHandler),
+        (r"/stream", StreamHandler),
+    ]
+    if static_dir is not None:
+        routes.append((r"/(.*)", tornado.web.StaticFileHandler, {"path": static_dir}))
+    app = tornado.web.Application(routes)
     sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
     server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(sockets)
@@ -89,10 +106,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    parser.add_argument("--static-dir", help="a folder served at / by StaticFileHandler")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
 
-        uvloop.run(main(args.port))
+        uvloop.run(main(args.port, args.static_dir))
     else:
-        asyncio.run(main(args.port))
+        asyncio.run(main(args.port, args.static_dir))

@@ -11,34 +11,50 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
+from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import tornado.httputil
 import tornado.web
+from tornado.log import access_log
 
-from ..cloud.tokens import bearer_token
+from ..cloud.tokens import bearer_token, hide_tokens, hide_tokens_in_uri
 from ..core import body as bodies
-from ..core.context import FunctionContext
+from ..core.context import FunctionContext, new_request_id
 from ..core.failures import report_failure
-from ..core.response import render
+from ..core.registry import DEFAULT, Function, is_public_name
+from ..core.response import error_body, render
+from ..core.stream import is_stream
 from ..exceptions import HTTPError
+from . import cors
 from .base import INVALID_TOKEN, BaseHandler
+from .streaming import stream_body, write_stream
 
 __all__ = [
     "PREFIX",
     "FunctionHandler",
     "HealthHandler",
+    "RequestGuard",
     "allowed_methods",
+    "content_length",
     "drain_limit",
+    "framing_problem",
     "function_name",
     "method_for",
     "name_from_path",
+    "origin_form",
     "request_header",
 ]
 
 PREFIX = "/fn/"
-NO_NAME = "Function name missing: call /fn/<name>, for example /fn/hello"
+LISTING_METHODS = "GET, HEAD"  # what /fn/ itself (the list of functions) answers
+# What a function without a `methods` setting answers (OPTIONS reaches it too, but a
+# browser's preflight never asks for it).
+CALLABLE_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 
 
 @tornado.web.stream_request_body
@@ -48,19 +64,72 @@ class FunctionHandler(BaseHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
+    _cors_origin: str | None = None  # an allowed cross-origin request's Origin
+
+    def set_default_headers(self) -> None:
+        # Also run by clear(), so every answer keeps its CORS headers, errors included.
+        if self._cors_origin is not None:
+            cors.allow(self, self._cors_origin, self.runtime.settings.allow_credentials)
+
     def prepare(self) -> None:
         self._chunks: list[bytes] = []
         self._received = 0
         self._too_large = False
-        declared = request_header(self.request, "Content-Length") or ""
+        origin = cors.cross_origin(self)
+        if origin is not None and not self._cross_origin(origin):
+            return
+        declared = request_header(self.request, "Content-Length")
+        if declared is None:
+            return
+        try:
+            length = content_length(declared)
+        except ValueError:
+            return  # RequestGuard refuses these before any handler runs
         limit = self.runtime.settings.max_body_size
-        if declared.isdigit() and int(declared) > limit:
+        if length > limit:
             self._too_large = True
             waiting = self.request.headers.get("Expect", "").lower() == "100-continue"
-            if waiting or int(declared) > drain_limit(limit):
+            if waiting or length > drain_limit(limit):
                 # The client waits before sending (curl does, for large bodies), or the body
                 # is too large to read and drop: answer now, and the connection closes.
-                self._refuse_body()
+                # Without the header Tornado reads no body (and logs no "Content-Length too
+                # long" after our 413).
+                del self.request.headers["Content-Length"]
+                self._refuse_body(Connection="close")
+
+    def _cross_origin(self, origin: str) -> bool:
+        """Apply the origin policy (server/cors.py) to a cross-origin request; False when it
+        has been answered here: refused, or a preflight."""
+        settings = self.runtime.settings
+        preflight = cors.is_preflight(self)
+        if not cors.origin_allowed(origin, settings.allowed_origins):
+            what = "a CORS preflight" if preflight else "a cross-origin request"
+            self.send_error_json(403, cors.refusal(self, origin, what))
+            return False
+        self._cors_origin = origin
+        cors.allow(self, origin, settings.allow_credentials)
+        if not preflight:
+            return True
+        name = function_name(self.request.path)
+        function = self._function_for(name) if name else None
+        if function is None:
+            shown = self.request.path.removeprefix(PREFIX) if name is None else name
+            self.send_error_json(404, f"Function {shown!r} not found")
+            return False
+        methods = allowed_methods(function.methods) if function.methods else CALLABLE_METHODS
+        self.set_status(204)
+        cors.preflight_headers(self, methods)
+        self.finish()
+        return False
+
+    def _function_for(self, name: str) -> Function | None:
+        """The function serving ``/fn/<name>``: its own file, or ``__default__`` for a name
+        that is well-formed but has none (Laf's fallback; reserved ``_`` names never)."""
+        registry = self.runtime.registry
+        function = registry.public(name)
+        if function is None and is_public_name(name):
+            function = registry.get(DEFAULT)
+        return function
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:
@@ -72,9 +141,9 @@ class FunctionHandler(BaseHandler):
         else:
             self._chunks.append(chunk)
 
-    def _refuse_body(self) -> None:
+    def _refuse_body(self, **headers: str) -> None:
         limit = self.runtime.settings.max_body_size
-        self.send_error_json(413, f"Body larger than {limit} bytes")
+        self.send_error_json(413, f"Body larger than {limit} bytes", **headers)
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         # The name is taken from the raw path (name_from_path); Tornado's strict decoding of
@@ -101,20 +170,43 @@ class FunctionHandler(BaseHandler):
     def compute_etag(self) -> None:
         return None  # functions are dynamic; hashing every body would only cost time
 
+    def method_not_allowed(self) -> None:
+        """A method Tornado does not pass on (TRACE, PROPFIND, ...): 404 for an unknown
+        function, as for any method; else 405 with the methods the function takes."""
+        if self.refuse_disallowed_host():
+            return
+        name = function_name(self.request.path)
+        if name == "":
+            refused = self.request.method
+            return self.send_error_json(405, f"Method {refused} not allowed", Allow=LISTING_METHODS)
+        function = self.runtime.registry.public(name) if name else None
+        if function is None:
+            shown = self.request.path.removeprefix(PREFIX) if name is None else name
+            return self.send_error_json(404, f"Function {shown!r} not found")
+        refused = self.request.method
+        allow = self._allow(function.methods)
+        self.send_error_json(405, f"Method {refused} not allowed", Allow=allow)
+
+    def _allow(self, methods: frozenset[str] | None) -> str:
+        """``Allow`` of a 405: what the function takes, of what this handler serves."""
+        allowed = allowed_methods(methods) if methods is not None else self.SUPPORTED_METHODS
+        return ", ".join(sorted(m for m in self.SUPPORTED_METHODS if m in allowed))
+
     async def _call(self, name: str | None) -> None:
         if self.activity.draining:
             return self.send_error_json(503, "Server is shutting down", Connection="close")
         if name == "":
-            return self.send_error_json(404, NO_NAME)
-        function = self.runtime.registry.public(name) if name is not None else None
+            return self._list_functions()
+        function = self._function_for(name) if name is not None else None
         if function is None or name is None:
             shown = self.request.path.removeprefix(PREFIX) if name is None else name
             return self.send_error_json(404, f"Function {shown!r} not found")
         if function.error is not None:
-            return self.send_error_json(500, f"Function {name!r} failed to load; see server log")
+            failed = function.name if function.name == DEFAULT else name
+            return self.send_error_json(500, f"Function {failed!r} failed to load; see server log")
         method = method_for(function.methods, self.request.method or "GET")
         if method is None:
-            allow = ", ".join(sorted(allowed_methods(function.methods or frozenset())))
+            allow = self._allow(function.methods)
             refused = self.request.method
             return self.send_error_json(405, f"Method {refused} not allowed", Allow=allow)
         interceptor = self.runtime.interceptor
@@ -137,6 +229,8 @@ class FunctionHandler(BaseHandler):
         try:
             ctx.body = self._body()
             result, _ = await self.runtime.invoker.call(function, ctx, interceptor)
+            if is_stream(stream_body(result)):
+                return await self._stream(result, ctx, function.timeout)
             rendered = render(result, ctx.response_if_touched)
         except Exception as exc:
             status, message = report_failure(exc, name, ctx.request_id)
@@ -150,6 +244,42 @@ class FunctionHandler(BaseHandler):
         else:
             self.clear_header("Content-Type")
             self.finish()  # Tornado refuses even an empty body with 204
+
+    def _list_functions(self) -> None:
+        """``GET /fn/``: the names of the functions there are, so that a developer who
+        opens /fn/ sees what to call; files that fail to load are listed apart."""
+        if self.request.method not in ("GET", "HEAD"):
+            refused = self.request.method
+            return self.send_error_json(405, f"Method {refused} not allowed", Allow=LISTING_METHODS)
+        public = [f for f in self.runtime.registry.functions() if is_public_name(f.name)]
+        listing: dict[str, Any] = {"functions": [f.name for f in public if f.error is None]}
+        failed = [f.name for f in public if f.error is not None]
+        if failed:
+            listing["failed"] = failed  # calling one answers 500 until it is fixed
+        if not public:
+            folder = self.runtime.registry.root
+            listing["message"] = (
+                f"No functions yet: add a .py file to {folder} (each is served at {PREFIX}<name>)"
+            )
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(listing)
+
+    _gone: asyncio.Future[None] | None = None
+    waiting_for_item: asyncio.Task[Any] | None = None  # a stream awaiting its next item
+
+    async def _stream(self, result: Any, ctx: FunctionContext, timeout: float | None) -> None:
+        """A generator or EventStream: written as it is produced (server/streaming.py)."""
+        self._gone = asyncio.get_running_loop().create_future()
+        runtime = self.runtime
+        limit = timeout or runtime.settings.timeout
+        await write_stream(self, result, ctx, limit, runtime.threads, self._gone)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+            if self.waiting_for_item is not None:
+                self.waiting_for_item.cancel()  # streaming._next: the generator stops at once
 
     def _body(self) -> Any:
         if not self.request.body:
@@ -213,6 +343,149 @@ def method_for(methods: frozenset[str] | None, method: str) -> str | None:
 def allowed_methods(methods: frozenset[str]) -> frozenset[str]:
     """What a 405's ``Allow`` lists: the function's ``methods``, and HEAD where GET is."""
     return methods | {"HEAD"} if "GET" in methods else methods
+
+
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "²" and Arabic-Indic digits
+_LIST = re.compile(r",[ \t]*")
+
+
+def content_length(value: str) -> int:
+    """A ``Content-Length`` value as Tornado reads it: ASCII digits, or the same digits
+    repeated in a list (``5, 5``: a duplicated header). ValueError for anything else
+    (``+5``, ``5 5``, ``²``, Arabic-Indic digits, ``5, 6``, more digits than ``int()`` takes)."""
+    pieces = _LIST.split(value)
+    first = pieces[0]
+    if not _DIGITS.fullmatch(first) or any(piece != first for piece in pieces):
+        raise ValueError(value)
+    return int(first)
+
+
+def framing_problem(headers: tornado.httputil.HTTPHeaders) -> str | None:
+    """Why the body of a request with these headers cannot be delimited (Tornado's rules,
+    RFC 9112 6.3), or None. Tornado would answer these with a bare 400 once the route's
+    handler has started; laf-py answers them before routing (:class:`RequestGuard`)."""
+    length = headers["Content-Length"] if "Content-Length" in headers else None  # noqa: SIM401
+    if length is not None:
+        try:
+            content_length(length)
+        except ValueError:
+            return f"Malformed Content-Length header {length[:40]!r}: expected a number of bytes"
+    if "Transfer-Encoding" in headers:
+        if length is not None:
+            return "A request may not have both Content-Length and Transfer-Encoding"
+        encoding = headers["Transfer-Encoding"]
+        if encoding.lower() != "chunked":
+            return f"Unsupported Transfer-Encoding {encoding[:40]!r}: only chunked is"
+    return None
+
+
+def origin_form(
+    start_line: tornado.httputil.RequestStartLine, headers: tornado.httputil.HTTPHeaders
+) -> tornado.httputil.RequestStartLine:
+    """An absolute-form request target (``GET http://host/fn/echo HTTP/1.1``, as sent to a
+    proxy) as the origin form routing expects (``/fn/echo``). The target's authority
+    replaces ``Host``, as RFC 9112 3.2.2 requires. Anything else is returned as it came."""
+    target = start_line.path
+    scheme, separator, _ = target.partition("://")
+    if not separator or scheme.lower() not in ("http", "https"):
+        return start_line
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return start_line
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    authority = parts.netloc.rpartition("@")[2]
+    if authority:
+        headers["Host"] = authority
+    return tornado.httputil.RequestStartLine(start_line.method, path, start_line.version)
+
+
+class RequestGuard(tornado.httputil.HTTPMessageDelegate):
+    """What every request goes through before routing (the HTTPServer of
+    :mod:`laf_py.server.accept` wraps each request's delegate in one):
+
+    - an absolute-form target is routed by its path (:func:`origin_form`);
+    - a request whose body cannot be delimited (:func:`framing_problem`) is answered 400
+      here, with laf-py's JSON error and one access line, and the connection closes: no
+      handler starts, so none can trip over the header, on any route.
+    """
+
+    __slots__ = ("connection", "delegate", "refused")
+
+    def __init__(
+        self,
+        delegate: tornado.httputil.HTTPMessageDelegate,
+        connection: tornado.httputil.HTTPConnection,
+    ) -> None:
+        self.delegate = delegate
+        self.connection = connection
+        self.refused = False
+
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        if isinstance(start_line, tornado.httputil.RequestStartLine):
+            if start_line.path[:1] != "/":
+                start_line = origin_form(start_line, headers)
+            if "Content-Length" in headers or "Transfer-Encoding" in headers:
+                problem = framing_problem(headers)
+                if problem is not None:
+                    self._refuse(start_line, headers, problem)
+                    return None
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return None if self.refused else self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        if not self.refused:
+            self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        if not self.refused:
+            self.delegate.on_connection_close()
+
+    def _refuse(
+        self,
+        start_line: tornado.httputil.RequestStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+        problem: str,
+    ) -> None:
+        started = time.perf_counter()
+        self.refused = True
+        # Without them Tornado reads no body and has nothing to complain about; the answer
+        # goes out before the body was read, so Tornado closes the connection after it.
+        for name in ("Content-Length", "Transfer-Encoding"):
+            if name in headers:
+                del headers[name]
+        request_id = new_request_id()
+        body = error_body(problem, request_id)
+        self.connection.write_headers(
+            tornado.httputil.ResponseStartLine("HTTP/1.1", 400, "Bad Request"),
+            tornado.httputil.HTTPHeaders(
+                {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(body)),
+                    "X-Request-Id": request_id,
+                    "Connection": "close",
+                }
+            ),
+            body,
+        )
+        self.connection.finish()
+        context = getattr(self.connection, "context", None)
+        access_log.warning(
+            "%d %s %s (%s) %.2fms",
+            400,
+            hide_tokens(start_line.method),
+            hide_tokens_in_uri(start_line.path),
+            getattr(context, "remote_ip", "-"),
+            1000.0 * (time.perf_counter() - started),
+        )
 
 
 def drain_limit(max_body_size: int) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import os
+import stat
 from typing import Any
 
 import tornado.web
@@ -61,16 +62,25 @@ class PublicFileHandler(BaseHandler, tornado.web.StaticFileHandler):
     def compute_etag(self) -> str | None:
         # Tornado's hashes the whole file once and keeps that hash for the life of the
         # process, so an edited file would still get 304s; modification time and size
-        # change with every deploy and cost one stat.
-        assert self.absolute_path is not None
-        stat = os.stat(self.absolute_path)
-        return f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+        # change with every deploy. The stat is the one validate_absolute_path made, which
+        # Content-Length and Last-Modified come from too.
+        found = self._stat()
+        return f'"{found.st_mtime_ns:x}-{found.st_size:x}"'
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
         real_root = os.path.realpath(root)
         real = os.path.realpath(absolute_path)
         if real != real_root and not real.startswith(real_root + os.sep):
             raise tornado.web.HTTPError(404)  # outside the folder, by .. or a symlink
+        try:
+            found: os.stat_result | None = os.stat(real)
+        except OSError:
+            found = None
+        if found is not None and stat.S_ISREG(found.st_mode):
+            # A file, resolved and confined above: Tornado's own checks would resolve the
+            # path again (two more realpath walks, a stat each). Its _stat() keeps this one.
+            self._stat_result = found
+            return real
         if os.path.isdir(real) and not os.path.isfile(os.path.join(real, INDEX)):
             raise tornado.web.HTTPError(404)  # a folder without index.html: no listing
         if self.spa_fallback and not os.path.exists(real) and "." not in self.path_tail:

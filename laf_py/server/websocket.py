@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..cloud.tokens import bearer_token
 from ..core import body as bodies
 from ..runtime import Runtime
+from . import cors
 from .activity import Activity
 from .base import INVALID_TOKEN, BaseHandler
 from .connection import SocketConnection
@@ -61,7 +60,8 @@ class FunctionSocketHandler(BaseHandler):
         if self.activity.connections >= self.runtime.settings.max_connections:
             return self.send_error_json(503, "Too many connections; try again later")
         if not self._origin_allowed():
-            return self.send_error_json(403, "Origin not allowed; see --allowed-origins")
+            origin = self.request.headers.get("Origin", "")
+            return self.send_error_json(403, cors.refusal(self, origin, "a WebSocket handshake"))
         function = self.runtime.websocket
         where = self.runtime.registry.root / "__websocket__.py"
         if function is None:
@@ -122,19 +122,10 @@ class FunctionSocketHandler(BaseHandler):
 
     def _origin_allowed(self) -> bool:
         """Browsers apply no same-origin policy to WebSockets, so the server must: a page from
-        another origin may connect only if --allowed-origins lists it."""
-        origin = self.request.headers.get("Origin")
-        if origin is None:
-            return True  # not a browser
-        if self.request.headers.get("Sec-Fetch-Site") in ("same-origin", "none"):
-            return True
-        if urlsplit(origin).netloc.lower() == self.request.host.lower():
-            return True
-        origin = origin.rstrip("/").lower()
-        return any(
-            pattern == "*" or fnmatch.fnmatchcase(origin, pattern.lower())
-            for pattern in self.runtime.settings.allowed_origins
-        )
+        another origin may connect only if --allowed-origins lists it (server/cors.py: the
+        same policy as for HTTP functions)."""
+        origin = cors.cross_origin(self)
+        return origin is None or cors.origin_allowed(origin, self.runtime.settings.allowed_origins)
 
     def compute_etag(self) -> None:
         return None
