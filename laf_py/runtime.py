@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .cloud import cloud
 from .cloud.delivery import LoopBridge
 from .cloud.kv import KeyValueStore
+from .cloud.queue import JobQueue
 from .cloud.schema import migrate
 from .cloud.sockets import SocketRegistry
 from .cloud.sql import SQLStore, redacted
@@ -27,7 +28,9 @@ from .core.threads import FunctionThreads
 from .core.unload import call_on_unload
 from .core.watcher import FolderWatcher
 from .exceptions import LafError
+from .jobs import JobWorker
 from .presence import PresenceEvents
+from .scheduler import LocalTicks, Scheduler, TickClaims
 
 if TYPE_CHECKING:
     from .bus.redis import RedisBus
@@ -60,8 +63,11 @@ class Runtime:
         self.tokens: Tokens | None = None
         self.sql: SQLStore | None = None
         self.kv: KeyValueStore | None = None
+        self.queue: JobQueue | None = None  # cloud.queue
+        self.jobs: JobWorker | None = None  # runs the queued jobs
         self._attached = False
         self._bus: RedisBus | None = None
+        self.scheduler: Scheduler | None = None
 
     @property
     def sockets(self) -> SocketRegistry:
@@ -90,16 +96,22 @@ class Runtime:
             raise StartupError(str(exc)) from None
         self.bridge = bridge = LoopBridge(asyncio.get_running_loop())
         presence = PresenceEvents(self.registry, self.invoker, bridge)
-        self._sockets = SocketRegistry(bridge, on_presence=presence)
-        self.tokens = Tokens(self.settings.secret or load_or_create_secret(self.settings.data))
+        self._sockets = SocketRegistry(
+            bridge, on_presence=presence, max_message=self.settings.max_outbound_message
+        )
+        self.tokens = Tokens(
+            self.settings.secret or load_or_create_secret(self.settings.data),
+            require_exp=self.settings.require_token_exp,
+        )
         self.sql = await _open_database(self.settings.database)
         self.sql.attach(bridge)
         self.kv = KeyValueStore(self.sql, bridge)
         self.kv.start_sweeping()
+        self.queue = JobQueue(self.sql, bridge, self.registry)
         if self.settings.redis_url:
             bus = await _join_cluster(self.settings, self._sockets, presence)
             presence.bus = self._sockets.bus = self._bus = bus
-        cloud.attach(self._sockets, self.kv, self.sql, self.tokens)
+        cloud.attach(self._sockets, self.kv, self.sql, self.tokens, queue=self.queue)
         self._attached = True
         functions = await self.registry.load()  # imports in a worker thread
         broken = sum(1 for f in functions if f.error)
@@ -110,6 +122,10 @@ class Runtime:
             f", {broken} failed" if broken else "",
         )
         await self._run_init()
+        self.jobs = JobWorker(self.queue, self.registry, self.invoker, self.settings.timeout)
+        self.jobs.start()
+        self.scheduler = Scheduler(self.registry, self.invoker, self._tick_claims())
+        self.scheduler.sync()
         if self.settings.reload:
             self._watcher = FolderWatcher(self.registry.root, self._on_files_changed)
             await self._watcher.start()
@@ -130,8 +146,13 @@ class Runtime:
             except TimeoutError:
                 log.warning("%s (gave up after %.2fs)", too_slow, seconds)
 
+        if self.scheduler is not None:  # bounded by itself: runs get what is left, then stop
+            await self.scheduler.stop(max(deadline - loop.time(), 0.0))
         if self._watcher is not None:
             await step(self._watcher.stop(), "the file watcher did not stop")
+        if self.jobs is not None:  # running jobs get what is left, then go back to the queue
+            grace = max(deadline - loop.time() - STEP_MINIMUM, 0.0)
+            await step(self.jobs.stop(grace), "queued jobs did not stop")
         if self.bridge is not None:
             await step(
                 self.bridge.drain(), "stopping with kv writes or presence events still unfinished"
@@ -154,6 +175,21 @@ class Runtime:
             cloud.detach()
             self._attached = False
 
+    def stop_scheduling(self) -> None:
+        """Shutdown has begun: no scheduled run starts any more (runs going on finish)."""
+        if self.scheduler is not None:
+            self.scheduler.pause()
+
+    def _tick_claims(self) -> TickClaims:
+        """Who runs each tick: this process alone, or the first node to claim it in Redis."""
+        if self._bus is None or self.settings.redis_url is None:
+            return LocalTicks()
+        from .bus.ticks import RedisTicks  # redis is imported only when it is configured
+
+        # The "running" marker lives as long as a node is presumed alive (three heartbeats).
+        lease = 3 * self.settings.heartbeat
+        return RedisTicks(self.settings.redis_url, self.settings.cluster, self._bus.node_id, lease)
+
     async def _run_init(self) -> None:
         init = self.registry.get(INIT_FILE)
         if init is None:
@@ -170,6 +206,8 @@ class Runtime:
     async def _on_files_changed(self, paths: set[Path]) -> None:
         """Import what changed in the import thread, swap it in, then clean up the old."""
         result = await self.registry.refresh(paths)
+        if self.scheduler is not None:
+            self.scheduler.sync()
         if result.loaded or result.removed or (result.changed and not result.init_changed):
             broken = sum(1 for f in result.loaded if f.error)
             log.info(

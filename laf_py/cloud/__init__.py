@@ -12,6 +12,7 @@ from .sockets import Socket, SocketRegistry
 
 if TYPE_CHECKING:
     from .kv import KeyValueStore
+    from .queue import JobQueue
     from .sql import SQLStore
     from .tokens import Tokens
 
@@ -33,6 +34,7 @@ class Cloud:
         self._kv: KeyValueStore | None = None
         self._sql: SQLStore | None = None
         self._tokens: Tokens | None = None
+        self._queue: JobQueue | None = None
 
     @property
     def sockets(self) -> SocketRegistry:
@@ -49,6 +51,11 @@ class Cloud:
         """SQLAlchemy's async engine and sessions on the server's database."""
         return _running(self._sql, "sql")
 
+    @property
+    def queue(self) -> JobQueue:
+        """Queued jobs: ``await cloud.queue.push(function_name, payload)``, ``get(job_id)``."""
+        return _running(self._queue, "queue")
+
     def get_token(self, payload: Mapping[str, Any], expires_in: float | None = None) -> str:
         """An HS256 JWT of ``payload`` signed with the server secret."""
         return _running(self._tokens, "get_token").issue(payload, expires_in)
@@ -58,14 +65,21 @@ class Cloud:
         return _running(self._tokens, "parse_token").verify(token)
 
     def attach(
-        self, sockets: SocketRegistry, kv: KeyValueStore, sql: SQLStore, tokens: Tokens
+        self,
+        sockets: SocketRegistry,
+        kv: KeyValueStore,
+        sql: SQLStore,
+        tokens: Tokens,
+        queue: JobQueue | None = None,
     ) -> None:
         """Called by the runtime when it starts: a fresh shared map and its services."""
         self.shared = SharedMap()
         self._sockets, self._kv, self._sql, self._tokens = sockets, kv, sql, tokens
+        self._queue = queue
 
     def detach(self) -> None:
         self._sockets = self._kv = self._sql = self._tokens = None
+        self._queue = None
 
 
 def _running(service: T | None, name: str) -> T:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Column, Float, Integer, MetaData, Table, Text, select, text
+from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, Text, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .sql import SQLITE_BEGIN
 
-__all__ = ["SCHEMA_VERSION", "kv_table", "migrate"]
+__all__ = ["SCHEMA_VERSION", "jobs_table", "kv_table", "migrate"]
 
 metadata = MetaData()
 
@@ -35,11 +35,49 @@ kv_table = Table(
 )
 
 
+# Queued jobs (cloud.queue, laf_py.jobs). ``run_at`` is when a worker may claim the job next:
+# when it is due (pending, retrying) or when the lease of the attempt running it ends
+# (running); NULL once it is done or failed, so the due-jobs index holds only live jobs.
+jobs_table = Table(
+    "laf_jobs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("function", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # JSON
+    Column("pushed_by", Text, nullable=True),  # JSON: ctx.user of the call that pushed it
+    Column("key", Text, nullable=True),
+    Column("state", Text, nullable=False),  # pending, running, retrying, done, failed
+    Column("attempts", Integer, nullable=False),
+    Column("run_at", Float, nullable=True),  # unix time
+    Column("lease", Text, nullable=True),  # the claim holding a running job
+    Column("error", Text, nullable=True),
+    Column("result", Text, nullable=True),  # JSON
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("laf_jobs_due", "run_at"),
+    Index("laf_jobs_finished", "finished_at"),
+)
+_PENDING_KEY = text("state = 'pending' AND key IS NOT NULL")
+# One pending job per function and key: a second push with the key gets the first one's id.
+jobs_key_index = Index(
+    "laf_jobs_pending_key",
+    jobs_table.c.function,
+    jobs_table.c.key,
+    unique=True,
+    sqlite_where=_PENDING_KEY,
+    postgresql_where=_PENDING_KEY,
+)
+
+
 def _v1_key_value(connection: Connection) -> None:
     kv_table.create(connection)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_key_value]
+def _v2_jobs(connection: Connection) -> None:
+    jobs_table.create(connection)  # with its indexes, the partial unique one included
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_key_value, _v2_jobs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PG_MIGRATION_LOCK = 0x1AF_5C4E  # any constant shared by every laf-py node

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .response import Response
@@ -12,14 +13,20 @@ from .response import Response
 if TYPE_CHECKING:
     from ..cloud.sockets import Socket
 
-__all__ = ["FunctionContext", "new_request_id"]
+__all__ = ["FunctionContext", "current_call", "new_request_id"]
 
 WS_CONNECTION = "WebSocket:connection"
 WS_MESSAGE = "WebSocket:message"
 WS_CLOSE = "WebSocket:close"
 INIT_METHOD = "INIT"
+SCHEDULE_METHOD = "SCHEDULE"
+QUEUE_METHOD = "QUEUE"
 
 _EMPTY: Mapping[str, Any] = {}
+
+current_call: ContextVar[FunctionContext | None] = ContextVar("laf_current_call", default=None)
+"""The ``ctx`` of the call running here (set by the invoker, also in a plain ``def``'s thread
+and in tasks the call starts): how ``cloud.queue.push`` knows the user who pushed."""
 
 
 _PROCESS_PREFIX = os.urandom(6).hex()

@@ -4,12 +4,13 @@ and wrapped by the interceptor when there is one."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import FunctionTimeoutError
-from .context import FunctionContext
+from .context import FunctionContext, current_call
 from .eager import Done, start_now
 from .registry import Function
 from .threads import FunctionThreads
@@ -49,6 +50,7 @@ class Invoker:
         """
         seconds = function.timeout or self._default_timeout
         limit: asyncio.Timeout | None = None
+        calling = current_call.set(ctx)  # for cloud.queue.push: whose call this is
         try:
             if interceptor is None:
                 if on_reached is not None:
@@ -75,13 +77,16 @@ class Invoker:
             raise FunctionExit(f"function {function.name!r} raised CancelledError") from None
         except (SystemExit, KeyboardInterrupt) as exc:
             raise FunctionExit(f"function {function.name!r} raised {exc!r}") from exc
+        finally:
+            current_call.reset(calling)
 
     async def _run(self, function: Function, ctx: FunctionContext, *extra: Any) -> Any:
         main = function.main
         assert main is not None, "callers check Function.error first"
         if function.is_async:
             return await main(ctx, *extra)
-        call = self._threads.submit(main, ctx, *extra)
+        # In the caller's context: the thread sees current_call (and any context variable).
+        call = self._threads.submit(contextvars.copy_context().run, main, ctx, *extra)
         try:
             result = await asyncio.wrap_future(call)
         except asyncio.CancelledError:

@@ -21,6 +21,7 @@ import inspect
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ from ..exceptions import FunctionLoadError
 from .daemon import in_daemon_thread
 from .imports import ImportGraph, imported_modules, parents
 from .loader import ModuleLoader, module_name
+from .queue_settings import DEFAULT_QUEUE_SETTINGS, QueueSettings, parse_queue_settings
+from .schedule import SETTING as SCHEDULE_SETTING
+from .schedule import Schedule, parse_schedule, setting_line
 
 __all__ = ["Function", "FunctionRegistry", "Reloaded", "is_public_name"]
 
@@ -40,7 +44,8 @@ WEBSOCKET = "__websocket__"
 INTERCEPTOR = "__interceptor__"
 INIT_FILE = "__init__"
 PRESENCE = "__presence__"
-RESERVED = frozenset({WEBSOCKET, INTERCEPTOR, INIT_FILE, PRESENCE})
+DEFAULT = "__default__"  # runs for /fn/<name> when no file serves that name (Laf's fallback)
+RESERVED = frozenset({WEBSOCKET, INTERCEPTOR, INIT_FILE, PRESENCE, DEFAULT})
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 _INIT_MODULE = module_name(INIT_FILE)
@@ -64,6 +69,8 @@ class Function:
     methods: frozenset[str] | None = None
     timeout: float | None = None
     error: FunctionLoadError | None = None
+    queue: QueueSettings = DEFAULT_QUEUE_SETTINGS  # for its queued jobs (laf_py.jobs)
+    schedule: Schedule | None = None  # runs on its own at these times (laf_py.scheduler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,4 +336,17 @@ def _inspect(name: str, path: Path, shown_path: str, module: Any) -> Function:
     ):
         raise fail(f"timeout must be a number of seconds > 0, got {timeout!r}")
 
-    return Function(name, path, main, is_async, methods, timeout)
+    try:
+        queue = parse_queue_settings(module)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+    schedule = None
+    value = getattr(module, SCHEDULE_SETTING, None)
+    if value is not None and name not in RESERVED:
+        try:
+            schedule = parse_schedule(value, time.time())
+        except ValueError as exc:
+            raise FunctionLoadError(shown_path, setting_line(path), str(exc)) from None
+
+    return Function(name, path, main, is_async, methods, timeout, schedule=schedule, queue=queue)
