@@ -1,7 +1,7 @@
 """The WebSocket function: one handler for every event on ``/__websocket__``.
 
 This is Laf's "user map" demo (a ``userID -> sockets`` map kept in ``cloud.shared``
-under ``"wsMap"``) plus a small Lolo-style broadcast chat. Three behaviours:
+under ``"wsMap"``) plus a small Lolo-style chat with rooms. Three behaviours:
 
 1. **User map.** Each connection gets a random userID (12 lowercase hex digits), or
    its token's user (see below). ``cloud.shared["wsMap"][userID]`` is the set of that
@@ -9,7 +9,10 @@ under ``"wsMap"``) plus a small Lolo-style broadcast chat. Three behaviours:
    them (see ``functions/push.py``). The id is also kept in
    ``ctx.socket.state["user_id"]``.
 2. **Chat.** A text frame holding JSON ``{"type": "chat", "text": "<str>"}`` is
-   relayed to every *other* connection.
+   relayed to every *other* connection; with ``"room": "<name>"`` only to the other
+   members of that room. ``{"type": "join", "room": "<name>"}`` and
+   ``{"type": "leave", "room": "<name>"}`` enter and leave rooms (a connection leaves
+   its rooms when it closes); ``POST /fn/chat/system`` posts to a room from HTTP.
 3. **Echo.** Anything else is echoed back to the sender.
 
 Frames, exactly (``<id>`` is the userID):
@@ -20,7 +23,12 @@ Frames, exactly (``<id>`` is the userID):
 
 * chat message in -> every other client gets the JSON text frame
   ``{"type": "chat", "from": "<id>", "text": "<text>"}`` and the sender gets
-  ``{"type": "ack", "delivered": <number of other clients reached>}``.
+  ``{"type": "ack", "delivered": <number of other clients reached>}``. With a room,
+  the frame carries ``"room": "<name>"`` too and goes to the room's other members
+  only (the sender need not be one).
+* join / leave in -> the sender gets ``{"type": "joined", "room": "<name>", "rooms":
+  [<its rooms>]}`` (``"left"`` for leave). A room that is not a non-empty string ->
+  ``{"type": "error", "error": "room (a non-empty string) is required"}``.
 * any other text frame ``<data>`` -> the sender gets two frames, in order::
 
       Server has received the message event, your userID is: <id>
@@ -48,6 +56,10 @@ Try it (``npm i -g wscat``), with the server on port 8000, in two terminals::
     < {"echo":"hello"}
     > {"type": "chat", "text": "hi all"}
     < {"type":"ack","delivered":1}
+    > {"type": "join", "room": "python"}
+    < {"type":"joined","room":"python","rooms":["python"]}
+    > {"type": "chat", "room": "python", "text": "hi room"}
+    < {"type":"ack","delivered":0}
 
 and push to a user from HTTP (every connection of theirs)::
 
@@ -82,19 +94,31 @@ def ws_map() -> dict[str, set[Socket]]:
     return users
 
 
-def chat_text(data: str | bytes, is_binary: bool) -> str | None:
-    """The text of a chat message, or None when ``data`` is not one."""
+ROOM_REQUIRED = "room (a non-empty string) is required"
+
+
+def command(data: str | bytes, is_binary: bool) -> dict[str, Any] | None:
+    """A JSON object with a ``type`` of chat, join or leave, or None when ``data`` is not
+    one (it is then echoed). A chat needs a string ``text``."""
     if is_binary:
         return None
     try:
         message: Any = json.loads(data)
     except ValueError:
         return None
-    if isinstance(message, dict) and message.get("type") == "chat":
-        text = message.get("text")
-        if isinstance(text, str):
-            return text
+    if not isinstance(message, dict):
+        return None
+    kind = message.get("type")
+    if kind == "chat" and isinstance(message.get("text"), str):
+        return message
+    if kind in ("join", "leave"):
+        return message
     return None
+
+
+def room_of(message: dict[str, Any]) -> str | None:
+    room = message.get("room")
+    return room if isinstance(room, str) and room else None
 
 
 async def main(ctx: FunctionContext) -> None:
@@ -121,12 +145,28 @@ async def main(ctx: FunctionContext) -> None:
         user_id = socket.state.get("user_id", "")
         data, is_binary = ctx.params["data"], ctx.params["is_binary"]
 
-        text = chat_text(data, is_binary)
-        if text is not None:
-            # Lolo-style broadcast: everyone but the sender.
-            chat = {"type": "chat", "from": user_id, "text": text}
-            delivered = await cloud.sockets.broadcast(chat, exclude=[socket])
-            socket.send({"type": "ack", "delivered": delivered})
+        message = command(data, is_binary)
+        if message is not None:
+            room = room_of(message)
+            if message["type"] == "chat":
+                chat = {"type": "chat", "from": user_id, "text": message["text"]}
+                if "room" not in message:  # Lolo-style broadcast: everyone but the sender
+                    delivered = await cloud.sockets.broadcast(chat, exclude=[socket])
+                elif room is None:
+                    socket.send({"type": "error", "error": ROOM_REQUIRED})
+                    return
+                else:  # the room's members, on every node, but the sender
+                    chat["room"] = room
+                    delivered = await cloud.sockets.send_to_room(room, chat, exclude=[socket])
+                socket.send({"type": "ack", "delivered": delivered})
+            elif room is None:
+                socket.send({"type": "error", "error": ROOM_REQUIRED})
+            elif message["type"] == "join":
+                await cloud.sockets.join(socket, room)
+                socket.send({"type": "joined", "room": room, "rooms": sorted(socket.rooms)})
+            else:
+                await cloud.sockets.leave(socket, room)
+                socket.send({"type": "left", "room": room, "rooms": sorted(socket.rooms)})
             return
 
         socket.send(f"{RECEIVED}{user_id}")
@@ -134,7 +174,8 @@ async def main(ctx: FunctionContext) -> None:
         socket.send(data if is_binary else {"echo": data})
 
     elif ctx.method == "WebSocket:close":
-        # The socket is gone: forget it (but not the user's other devices).
+        # The socket is gone (it has left its rooms by itself): forget it here too (but not
+        # the user's other devices).
         user_id = socket.state.get("user_id", "")
         users = ws_map()
         sockets = users.get(user_id, set())

@@ -1,9 +1,11 @@
 """The example functions (``functions/`` of this repository) as a user meets them: Laf's user
 map (``__websocket__.py`` + ``push.py``) with several devices per user, on one server and
-across two nodes joined through Redis."""
+across two nodes joined through Redis; the chat's rooms (join/leave/room chat by message,
+``chat/system.py`` from HTTP)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -162,3 +164,77 @@ async def test_push_reaches_devices_on_two_nodes(
         response = await a.push(anonymous_id, "from A")
         assert (response.status_code, response.json()) == (200, {"delivered": 1})
         assert await frame_matching(anonymous, lambda f: f == "from A") == "from A"
+
+
+# -- chat rooms ----------------------------------------------------------------------------------
+
+
+def of_type(kind: str) -> Any:
+    return lambda frame: isinstance(frame, dict) and frame.get("type") == kind
+
+
+async def send_json(ws: Any, message: dict[str, Any]) -> None:
+    await ws.send(json.dumps(message))
+
+
+async def test_chat_rooms_join_leave_and_send_to_members_only(examples: Client) -> None:
+    """join/leave by JSON message; a chat with a room reaches the room's other members only
+    (the ack counts them); a chat without one is still a broadcast; a bad room is refused."""
+    ann, ann_id = await examples.connect()
+    bob, _ = await examples.connect()
+    cat, _ = await examples.connect()
+    for ws in (ann, bob):
+        await send_json(ws, {"type": "join", "room": "python"})
+        joined = await frame_matching(ws, of_type("joined"))
+        assert joined == {"type": "joined", "room": "python", "rooms": ["python"]}
+
+    await send_json(ann, {"type": "chat", "room": "python", "text": "hi room"})
+    assert await frame_matching(ann, of_type("ack")) == {"type": "ack", "delivered": 1}
+    chat = {"type": "chat", "from": ann_id, "room": "python", "text": "hi room"}
+    assert await frame_matching(bob, of_type("chat")) == chat
+    # cat is in no room: the next chat it sees is the broadcast sent after the room chat.
+    await send_json(ann, {"type": "chat", "text": "hi all"})
+    assert await frame_matching(ann, of_type("ack")) == {"type": "ack", "delivered": 2}
+    assert (await frame_matching(cat, of_type("chat")))["text"] == "hi all"
+    assert (await frame_matching(bob, of_type("chat")))["text"] == "hi all"
+
+    await send_json(bob, {"type": "leave", "room": "python"})
+    left = await frame_matching(bob, of_type("left"))
+    assert left == {"type": "left", "room": "python", "rooms": []}
+    await send_json(ann, {"type": "chat", "room": "python", "text": "alone"})
+    assert await frame_matching(ann, of_type("ack")) == {"type": "ack", "delivered": 0}
+
+    error = {"type": "error", "error": "room (a non-empty string) is required"}
+    for bad in (
+        {"type": "join"},
+        {"type": "leave", "room": ""},
+        {"type": "chat", "room": 1, "text": "x"},
+    ):
+        await send_json(ann, bad)
+        assert await frame_matching(ann, of_type("error")) == error
+
+
+async def test_chat_system_posts_to_a_room(examples: Client) -> None:
+    """POST /fn/chat/system reaches the room's members and no one else; bad bodies are 400."""
+    ann, _ = await examples.connect()
+    bob, _ = await examples.connect()
+    await send_json(ann, {"type": "join", "room": "ops"})
+    await frame_matching(ann, of_type("joined"))
+    url = f"{examples.url}/fn/chat/system"
+    response = await examples.http.post(url, json={"room": "ops", "text": "maintenance"})
+    assert (response.status_code, response.json()) == (200, {"delivered": 1, "members": 1})
+    system = {"type": "chat", "from": "system", "room": "ops", "text": "maintenance"}
+    assert await frame_matching(ann, of_type("chat")) == system
+    # bob is not in the room: the next chat he sees is a broadcast made afterwards.
+    response = await examples.http.post(f"{examples.url}/fn/chat/send", json={"text": "marker"})
+    assert response.json() == {"delivered": 2}
+    assert (await frame_matching(bob, of_type("chat")))["text"] == "marker"
+
+    for body, error in (
+        ({"text": "x"}, "room (a non-empty string) is required"),
+        ({"room": "", "text": "x"}, "room (a non-empty string) is required"),
+        ({"room": "ops"}, "text (a string) is required"),
+    ):
+        response = await examples.http.post(url, json=body)
+        assert response.status_code == 400 and response.json()["error"] == error
+    assert (await examples.http.get(url)).status_code == 405

@@ -2,9 +2,13 @@
 
 Channels (``<prefix>`` is the cluster name, ``laf`` by default):
 
-- ``<prefix>:all`` — broadcasts and sends to a user: one publish reaches every node;
+- ``<prefix>:all`` — broadcasts, sends to users and to rooms: one publish reaches every node;
 - ``<prefix>:node:<id>`` — sends to sockets of one node (a socket id starts with its node's id)
   and the replies that count how many connections a delivery reached.
+
+Each node delivers to its own members of a room from memory; the rooms' members are also
+written to Redis sets (in order, through the same pipeline as the publishes) for
+``room_members``, and taken out when their node is reaped.
 
 Presence lives in Redis sets kept by Lua scripts, so "first device online" and "last device
 gone" are decided once for the whole cluster; nodes beat every ``heartbeat`` seconds, and a node
@@ -47,8 +51,31 @@ class LocalSockets(Protocol):
     def write_ids(self, frame: bytes, socket_ids: list[str]) -> int: ...
     def write_everyone(self, frame: bytes, skip: set[str]) -> int: ...
     def write_user(self, frame: bytes, user_id: str) -> int: ...
+    def write_users(self, frame: bytes, user_ids: list[str]) -> int: ...
+    def write_room(self, frame: bytes, room: str, skip: set[str]) -> int: ...
+    def join_local(self, socket_id: str, room: str) -> int: ...
+    def leave_local(self, socket_id: str, room: str) -> int: ...
     def close_local(self, socket_id: str, code: int, reason: str) -> None: ...
     def local_users(self) -> list[str]: ...
+    def local_memberships(self) -> list[tuple[str, str]]: ...
+
+
+class _Write:
+    """Redis commands that go through the outbox, in order with the publishes: a node's
+    records of room memberships."""
+
+    __slots__ = ("commands", "future")
+
+    def __init__(self, commands: list[tuple[Any, ...]], future: asyncio.Future[int]) -> None:
+        self.commands = commands  # (method name, *arguments) of the pipeline
+        self.future = future
+
+    def done(self) -> None:
+        if not self.future.done():
+            self.future.set_result(0)
+
+
+_Outgoing = tuple[str, bytes, "_Tally | None"] | _Write
 
 
 class _Tally:
@@ -100,6 +127,8 @@ class RedisBus:
         self._all = f"{prefix}:all"
         self._mine = f"{prefix}:node:{node_id}"
         self._nodes = f"{prefix}:nodes"
+        self._rooms_of_node = f"{prefix}:nrooms:{node_id}"
+        self._forget = (prefix, node_id)  # FORGET_ROOMS's arguments
         self._tallies: dict[int, _Tally] = {}
         self._ids = itertools.count(1)
         self._lost = False
@@ -108,7 +137,7 @@ class RedisBus:
         self._recovering = asyncio.Lock()
         # Every publish goes through one queue and one sender, in order, pipelined: a burst
         # of sends can neither reorder nor exhaust the connection pool.
-        self._outbox: asyncio.Queue[tuple[str, bytes, _Tally | None]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -133,10 +162,15 @@ class RedisBus:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for tally in list(self._tallies.values()):
             tally.settle()
+        while not self._outbox.empty():  # not written: nobody waits for them any longer
+            item = self._outbox.get_nowait()
+            if isinstance(item, _Write):
+                item.done()
         with contextlib.suppress(*_FAILURES):
             users = self._local.local_users() if self._local else []
             for user in users:
                 await self.user_left(user)
+            await self._redis.eval(scripts.FORGET_ROOMS, 1, self._rooms_of_node, *self._forget)
             await self._redis.zrem(self._nodes, self.node_id)
         await self._redis.aclose()
 
@@ -158,6 +192,44 @@ class RedisBus:
         # One publish to every node rather than a lookup of the user's nodes first: one round
         # trip instead of two, and nodes without the user drop it after a dict lookup.
         return self._publish(self._all, {"k": "user", "user": user_id}, frame)
+
+    def to_users(self, frame: bytes, user_ids: list[str]) -> asyncio.Future[int]:
+        return self._publish(self._all, {"k": "users", "users": user_ids}, frame)
+
+    def to_room(self, frame: bytes, room: str, skip: set[str]) -> asyncio.Future[int]:
+        # One publish to every node: each knows its own members, no lookup in Redis first.
+        return self._publish(self._all, {"k": "room", "room": room, "skip": sorted(skip)}, frame)
+
+    def membership(self, socket_id: str, room: str, joining: bool) -> asyncio.Future[int]:
+        """Join (or leave) a socket of another node: that node does it and records it, then
+        answers 1 (0 when it has no such open socket, or nobody answers)."""
+        header = {"k": "join" if joining else "leave", "id": socket_id, "room": room}
+        return self._publish(f"{self._prefix}:node:{socket_id[: len(self.node_id)]}", header, b"")
+
+    def record_rooms(self, socket_id: str, rooms: list[str], joined: bool) -> asyncio.Future[int]:
+        entries = [f"{socket_id} {room}" for room in rooms]
+        if joined:  # the node's record first: a node that dies in between is still reaped
+            commands = [("sadd", self._rooms_of_node, *entries)]
+            commands += [("sadd", f"{self._prefix}:room:{room}", socket_id) for room in rooms]
+        else:
+            commands = [("srem", f"{self._prefix}:room:{room}", socket_id) for room in rooms]
+            commands.append(("srem", self._rooms_of_node, *entries))
+        return self._write(commands)
+
+    async def room_members(self, room: str) -> list[str]:
+        keys = [self._nodes, f"{self._prefix}:room:{room}"]
+        args = [self._lifetime, len(self.node_id)]
+        try:
+            members = await self._redis.eval(scripts.ROOM_MEMBERS, 2, *keys, *args)
+        except _FAILURES as exc:
+            self._lose(exc)
+            return []
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    def _write(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[int]:
+        write = _Write(commands, asyncio.get_running_loop().create_future())
+        self._outbox.put_nowait(write)
+        return write.future
 
     def close_socket(self, socket_id: str, code: int, reason: str) -> None:
         header = {"op": "close", "id": socket_id, "code": code, "reason": reason}
@@ -182,15 +254,27 @@ class RedisBus:
                 batch.append(self._outbox.get_nowait())
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                for channel, message, _ in batch:
-                    pipe.publish(channel, message)
-                heard = await pipe.execute()
+                for item in batch:
+                    if isinstance(item, _Write):
+                        for name, *arguments in item.commands:
+                            getattr(pipe, name)(*arguments)
+                    else:
+                        pipe.publish(item[0], item[1])
+                replies: list[Any] | None = await pipe.execute()
             except _FAILURES as exc:
-                self._lose(exc)
-                heard = [0] * len(batch)
-            for (channel, _, tally), listeners in zip(batch, heard, strict=True):
-                if tally is not None:
-                    tally.expect(self._expected_replies(channel, int(listeners)))
+                self._lose(exc)  # memberships not written are written again on recovery
+                replies = None
+            index = 0
+            for item in batch:
+                if isinstance(item, _Write):
+                    index += len(item.commands)
+                    item.done()
+                else:
+                    channel, _, tally = item
+                    listeners = 0 if replies is None else int(replies[index])
+                    index += 1
+                    if tally is not None:
+                        tally.expect(self._expected_replies(channel, listeners))
                 self._outbox.task_done()
 
     def _expected_replies(self, channel: str, listeners: int) -> int:
@@ -320,6 +404,15 @@ class RedisBus:
         for user in sorted(set(local.local_users()) - claimed):
             if user in local.local_users() and await self.user_joined(user):
                 self._on_presence(user, True)
+        # Rooms: forget what Redis has of this node and write what is true now, as one write
+        # in the outbox (after whatever was queued before it, before whatever comes later).
+        commands: list[tuple[Any, ...]] = [
+            ("eval", scripts.FORGET_ROOMS, 1, self._rooms_of_node, *self._forget)
+        ]
+        for socket_id, room in local.local_memberships():
+            commands.append(("sadd", self._rooms_of_node, f"{socket_id} {room}"))
+            commands.append(("sadd", f"{self._prefix}:room:{room}", socket_id))
+        self._write(commands)
 
     def _receive_safely(self, data: bytes) -> None:
         try:
@@ -344,8 +437,19 @@ class RedisBus:
                 reached = local.write_ids(frame, header["ids"])
             elif kind == "all":
                 reached = local.write_everyone(frame, set(header["skip"]))
-            else:
+            elif kind == "user":
                 reached = local.write_user(frame, header["user"])
+            elif kind == "room":
+                reached = local.write_room(frame, header["room"], set(header["skip"]))
+            elif kind == "users":
+                reached = local.write_users(frame, header["users"])
+            elif kind == "join":  # its record in Redis is queued before this reply
+                reached = local.join_local(header["id"], header["room"])
+            elif kind == "leave":
+                reached = local.leave_local(header["id"], header["room"])
+            else:
+                log.warning("ignoring a delivery of unknown kind %r on the Redis bus", kind)
+                return
             reply = {"op": "count", "corr": header["corr"], "n": reached}
             channel = f"{self._prefix}:node:{header['from']}"
             self._outbox.put_nowait((channel, wire.encode(reply), None))

@@ -29,7 +29,8 @@ WRITTEN: Awaitable[None] = _Written()
 
 
 class Delivery:
-    """The outcome of ``send``, ``publish``, ``send_to_user`` or ``broadcast``.
+    """The outcome of ``send``, ``publish``, ``send_to_user(s)``, ``broadcast``,
+    ``send_to_room``, ``join`` or ``leave``.
 
     ``await delivery`` → the count of connections reached (0 when the socket was closed).
     For ``socket.send`` it also waits until the frame is written out. Plain-``def`` functions,
