@@ -35,6 +35,7 @@ class Client:
         self.ws_url = url.replace("http", "ws", 1) + "/__websocket__"
         self.http = http
         self.stack = stack
+        self.registry: Any = None  # the server's function registry, when in-process
 
     async def login(self, user: str) -> str:
         response = await self.http.post(f"{self.url}/fn/login", json={"user": user})
@@ -69,7 +70,9 @@ async def examples(serve, http, tmp_path: Path) -> AsyncIterator[Client]:
         serve(EXAMPLES, database_url=database_url, secret=SECRET) as server,
         AsyncExitStack() as stack,
     ):
-        yield Client(server.url, http, stack)
+        client = Client(server.url, http, stack)
+        client.registry = server.server.runtime.registry
+        yield client
 
 
 def devices_of(user_id: str) -> int:
@@ -238,3 +241,46 @@ async def test_chat_system_posts_to_a_room(examples: Client) -> None:
         response = await examples.http.post(url, json=body)
         assert response.status_code == 400 and response.json()["error"] == error
     assert (await examples.http.get(url)).status_code == 405
+
+
+async def test_export_queues_a_job_that_tells_every_device(examples: Client) -> None:
+    """queue-run's flow: POST /fn/export answers at once with a job id; the job runs as alice
+    and both her sockets hear that the file is ready; GET /fn/export?job= gives its state."""
+    token = await examples.login("alice")
+    phone, _ = await examples.connect(token)
+    laptop, _ = await examples.connect(token)
+    auth = {"Authorization": f"Bearer {token}"}
+    anonymous = await examples.http.post(f"{examples.url}/fn/export")
+    assert anonymous.status_code == 401
+    queued = await examples.http.post(f"{examples.url}/fn/export", headers=auth)
+    assert queued.status_code == 200
+    job = queued.json()["job"]
+    ready = {"type": "export_ready", "url": f"/files/{job}.csv"}
+    for ws in (phone, laptop):
+        assert await frame_matching(ws, of_type("export_ready"), timeout=15) == ready
+
+    async def done() -> Any:
+        state = await examples.http.get(
+            f"{examples.url}/fn/export", params={"job": job}, headers=auth
+        )
+        return state.json() if state.json().get("state") == "done" else None
+
+    finished = await wait_until(done)
+    assert finished["result"] == {"url": f"/files/{job}.csv"}
+    not_http = await examples.http.post(f"{examples.url}/fn/export_job")
+    assert not_http.status_code == 405
+
+
+async def test_clock_sends_the_time_to_its_room(examples: Client) -> None:
+    """The scheduled clock (every minute) sends to the "clock" room only; POST /fn/clock runs
+    the same code now."""
+    clock = examples.registry.get("clock")
+    assert clock is not None and clock.schedule is not None and clock.error is None
+    member, _ = await examples.connect()
+    await examples.connect()  # another socket, in no room: not counted
+    await send_json(member, {"type": "join", "room": "clock"})
+    await frame_matching(member, of_type("joined"))
+    response = await examples.http.post(f"{examples.url}/fn/clock")
+    assert response.json() == {"delivered": 1}
+    tick = await frame_matching(member, of_type("clock"))
+    assert tick["time"].endswith("+00:00")
