@@ -85,6 +85,8 @@ class Invoker:
         assert main is not None, "callers check Function.error first"
         if function.is_async:
             return await main(ctx, *extra)
+        if function.is_generator:
+            return main(ctx, *extra)  # only makes the generator: no thread needed
         # In the caller's context: the thread sees current_call (and any context variable).
         call = self._threads.submit(contextvars.copy_context().run, main, ctx, *extra)
         try:

@@ -66,6 +66,9 @@ class Function:
     path: Path
     main: Callable[..., Any] | None = None
     is_async: bool = False
+    # `main` is a generator function (async or not): calling it runs none of its code, so
+    # the call is made on the loop and the stream is driven by server/streaming.py.
+    is_generator: bool = False
     methods: frozenset[str] | None = None
     timeout: float | None = None
     error: FunctionLoadError | None = None
@@ -323,6 +326,7 @@ def _inspect(name: str, path: Path, shown_path: str, module: Any) -> Function:
     is_async = inspect.iscoroutinefunction(main) or inspect.iscoroutinefunction(
         getattr(main, "__call__", None)  # noqa: B004 - an object with an async __call__
     )
+    is_generator = inspect.isasyncgenfunction(main) or inspect.isgeneratorfunction(main)
 
     methods = getattr(module, "methods", None)
     if methods is not None:
@@ -349,4 +353,6 @@ def _inspect(name: str, path: Path, shown_path: str, module: Any) -> Function:
         except ValueError as exc:
             raise FunctionLoadError(shown_path, setting_line(path), str(exc)) from None
 
-    return Function(name, path, main, is_async, methods, timeout, schedule=schedule, queue=queue)
+    return Function(
+        name, path, main, is_async, is_generator, methods, timeout, schedule=schedule, queue=queue
+    )

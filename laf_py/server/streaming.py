@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.iostream import StreamClosedError
 
+from ..core.eager import Done, start_now
 from ..core.failures import report_failure
 from ..core.response import Response
 from ..core.stream import PING, SSE_TYPE, EventStream, encode_chunk, encode_event
@@ -180,15 +181,19 @@ async def _next(
     if ping is not None:
         return await _next_or_ping(items, handler, gone, ping)
     # Awaited in this task (no task, no wait per item): a disconnect cancels the task while
-    # it waits here (FunctionHandler.on_connection_close), as asyncio.timeout does.
+    # it waits here (FunctionHandler.on_connection_close), as asyncio.timeout does. An item
+    # that is ready at once (the usual case) needs no timer either (core/eager.py).
+    started = start_now(items.next())
+    if isinstance(started, Done):
+        return started.value
     task = asyncio.current_task()
     assert task is not None
     handler.waiting_for_item = task
     try:
         if timeout is None:
-            return await items.next()
+            return await started
         async with asyncio.timeout(timeout):
-            return await items.next()
+            return await started
     except asyncio.CancelledError:
         if gone.done() and task.uncancel() == 0:  # our own cancellation, not the server's
             raise _ClientLeft from None
