@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote
 import httpx
 import jwt
 import pytest
+import tornado
 import websockets
 from jwt.utils import base64url_decode
 from websockets.exceptions import InvalidStatus
@@ -204,7 +205,8 @@ async def test_no_valid_token_reaches_any_log_line(
         if not record.name.startswith(clients)
     )
     assert "token=***" in text and "/fn/***" in text  # the requests were logged, masked
-    assert "Invalid header value 'Bearer ***" in text  # Tornado's own line, masked
+    if tornado.version_info >= (6, 5):  # before 6.5 Tornado did not check header values
+        assert "Invalid header value 'Bearer ***" in text  # Tornado's own line, masked
     for token in tokens:
         for shown in (text, unquote(text), unquote(unquote(text))):
             assert token not in shown
