@@ -410,6 +410,9 @@ class _Acceptor:
         if self._sock.fileno() == -1:
             return  # closed meanwhile
         self.watch()
+        # Try at once: with nobody waiting the listener never becomes readable, and the pause
+        # would never be seen to end (nor said to in the log).
+        self._on_readable(self._sock, IOLoop.READ)
 
     def _recovered(self) -> None:
         assert self._paused_since is not None
