@@ -137,11 +137,21 @@ class CliServer:
 
 
 def start_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    nofile: tuple[int, int] | None = None,
 ) -> subprocess.Popen[str]:
     """``python -m laf_py ...``. Without ``cwd`` it runs in a new empty folder: the app
     folder (and so ``.laf/``) is the current directory by default, and a test must never
-    write into the checkout's."""
+    write into the checkout's. ``nofile``: the child's RLIMIT_NOFILE (soft, hard)."""
+
+    def limit_files() -> None:
+        import resource
+
+        assert nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
     if cwd is None:
         cwd = Path(tempfile.mkdtemp(prefix="app-", dir=_scratch()))
     return subprocess.Popen(
@@ -152,6 +162,7 @@ def start_cli(
         env={**os.environ, **(env or {})},
         cwd=cwd,
         start_new_session=True,  # its own process group: cleanup reaches forked workers too
+        preexec_fn=None if nofile is None else limit_files,
     )
 
 
@@ -183,8 +194,13 @@ def cli_server() -> Iterator[Callable[..., CliServer]]:
     Without ``cwd`` it runs in a new empty folder (:func:`start_cli`)."""
     started: list[CliServer] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> CliServer:
-        process = start_cli("serve", "--port", "0", *args, env=env, cwd=cwd)
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        nofile: tuple[int, int] | None = None,
+    ) -> CliServer:
+        process = start_cli("serve", "--port", "0", *args, env=env, cwd=cwd, nofile=nofile)
         lines: list[str] = []
         assert process.stdout is not None
         deadline = time.monotonic() + 20

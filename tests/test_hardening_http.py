@@ -14,13 +14,8 @@ import json
 import logging
 import os
 import re
-import resource
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,48 +288,6 @@ async def test_open_websockets_do_not_count_against_the_http_limit(
 # -- 1. slow clients: descriptors -------------------------------------------------------------
 
 
-@pytest.fixture
-def limited_server(tmp_path: Path) -> Iterator[Callable[..., CliServer]]:
-    """``python -m laf_py serve --port 0 ...`` with RLIMIT_NOFILE set to ``nofile`` (soft,
-    hard) in the child before it starts."""
-    started: list[CliServer] = []
-
-    def start(*args: str, nofile: tuple[int, int]) -> CliServer:
-        def lower_limit() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
-
-        process = subprocess.Popen(
-            [sys.executable, "-m", "laf_py", "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tmp_path,
-            preexec_fn=lower_limit,
-            start_new_session=True,
-        )
-        assert process.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            match = re.search(r"listening on (http://\S+)", line)
-            if match:
-                server = CliServer(process, match.group(1), lines)
-                started.append(server)
-                return server
-        process.kill()
-        raise AssertionError("server did not start:\n" + "".join(lines))
-
-    yield start
-    for server in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait()
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat utime + stime)."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -347,23 +300,23 @@ def port_of(server: CliServer) -> int:
 
 
 async def test_start_up_raises_the_open_file_limit_and_says_so(
-    limited_server, functions_dir: Path
+    cli_server, functions_dir: Path
 ) -> None:
-    server = limited_server("--functions", str(functions_dir), nofile=(256, 1024))
+    server = cli_server("--functions", str(functions_dir), nofile=(256, 1024))
     await wait_until(lambda: "open file limit: 1024 descriptors (raised from 256)" in server.log)
     limits = Path(f"/proc/{server.process.pid}/limits").read_text()
     assert re.search(r"Max open files\s+1024\s+1024", limits), limits
 
 
 async def test_out_of_descriptors_backs_off_quietly_and_serves_again(
-    limited_server, functions_dir: Path
+    cli_server, functions_dir: Path
 ) -> None:
     """256 descriptors, more slow clients than that (each sends half a head): accepting
     fails with EMFILE. The server neither spins nor floods its log meanwhile, and the client
     waiting behind them is served as soon as the slow ones time out."""
     write_function(functions_dir, "hello", "def main(ctx):\n    return 'hi'\n")
     timeout = 3.0
-    server = limited_server(
+    server = cli_server(
         "--functions",
         str(functions_dir),
         "--reload",
