@@ -2,6 +2,7 @@
 
     python bench/compare.py [--quick] [--rounds 3] [--duration 5] [--clients 2]
                             [--only echo,http,static,stream,broadcast,memory,churn]
+                            [--metrics-off]
 
 Starts the servers (bench/baselines/tornado_app.py, bench/baselines/websockets_app.py and
 ``laf-py serve`` on bench/compare_functions) and drives them with bench/loadgen.py. The machine
@@ -37,14 +38,17 @@ app does not; ``--laf-log-level info`` measures that) and on its default event l
 baselines run on asyncio's own loop as written, or on uvloop with ``--baseline-loop uvloop``
 (which shows what laf-py's own code costs, loop for loop). Prints a table of absolute numbers and
 laf-py/baseline ratios and writes bench/results/compare.json (every round included).
-``--quick`` is a tiny load for the smoke test. Benchmarks, not tests: nothing here asserts a
-speed."""
+``--metrics-off`` adds laf-py started with ``--metrics false`` to the same rounds, and a column
+"metrics on/off" (laf-py / that, median of the per-round ratios): what counting for
+``GET /_/metrics`` costs. ``--quick`` is a tiny load for the smoke test. Benchmarks, not tests:
+nothing here asserts a speed."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -117,6 +121,9 @@ TARGETS = [
 STATIC_BODY = b"0123456789abcde\n" * 640  # 10 KiB: public/file.txt
 STREAM_BODY = b"0123456789abcde\n" * 64 * 10  # 10 chunks of 1 KiB (compare_functions/stream.py)
 LAF_PY = TARGETS[2]
+# --metrics-off: laf-py once more, started with --metrics false, measured in the same rounds;
+# the table's last column is laf-py / this (what counting for GET /_/metrics costs).
+METRICS_OFF = dataclasses.replace(LAF_PY, name="laf-py-metrics-off")
 
 
 class ServerOutput(threading.Thread):
@@ -172,7 +179,7 @@ class Server:
         self.port = 0
         # Under valgrind, imports alone take ~30 s, and minutes on a loaded machine.
         self.start_timeout = 300.0 if prefix else 60.0
-        if target.name == "laf-py":
+        if target.name.startswith("laf-py"):
             self.port = free_port()  # at --log-level warning it prints no "listening on" line
             command = [sys.executable, "-m", "laf_py", "serve", "--host", "127.0.0.1"]
             command += ["--port", str(self.port), "--functions", str(HERE / "compare_functions")]
@@ -181,6 +188,8 @@ class Server:
             command += ["--max-messages-per-second", "0", "--max-connections", "20000"]
             command += ["--database-url", f"sqlite:///{tmp / f'compare{label}.db'}"]
             command += ["--event-loop", args.laf_event_loop, *extra]
+            if target is METRICS_OFF:
+                command += ["--metrics", "false"]
         else:
             script = HERE / "baselines" / f"{target.name}_app.py"
             command = [sys.executable, str(script), "--port", "0"]
@@ -324,7 +333,8 @@ def sleep_until(when: float) -> None:
 class Bench:
     def __init__(self, pool: Pool, args: Any) -> None:
         self.pool, self.args, self.size = pool, args, len(pool.pids)
-        self.warnings = dict.fromkeys(SERVER_NAMES, 0)  # WARNING/ERROR lines in server logs
+        # WARNING/ERROR lines in server logs
+        self.warnings = dict.fromkeys((*SERVER_NAMES, METRICS_OFF.name), 0)
 
     def open(self, server: Server, count: int) -> dict[str, Any]:
         commands = [
@@ -790,7 +800,12 @@ def build_table(results: dict[str, Any], phases: list[str]) -> dict[str, Any]:
     """Absolute numbers are medians over the rounds; a ratio is the median of the ratios
     within each round, so a server is only ever compared with one measured beside it."""
     columns = ["metric", *SERVER_NAMES, "laf-py/tornado", "laf-py/websockets"]
+    off = results.get(METRICS_OFF.name)
+    if off is not None:
+        columns.append("metrics on/off")
     rows, ratios = [], {"laf-py/tornado": {}, "laf-py/websockets": {}}  # type: ignore[var-annotated]
+    if off is not None:
+        ratios["metrics on/off"] = {}
     for label, phase, key, with_ratio in ROWS:
         if phase not in phases:
             continue
@@ -803,30 +818,39 @@ def build_table(results: dict[str, Any], phases: list[str]) -> dict[str, Any]:
                 if ratio is not None:
                     ratios[f"laf-py/{base}"][f"{phase}.{key}"] = ratio
             row.append(ratio)
+        if off is not None:  # three digits: it is a cost of a few percent at most
+            ratio = None
+            if with_ratio:
+                ratio = median_ratio(phase_results[2], off.get(phase) or {}, key, digits=3)
+                if ratio is not None:
+                    ratios["metrics on/off"][f"{phase}.{key}"] = ratio
+            row.append(ratio)
         rows.append(row)
     return {"columns": columns, "rows": rows, "ratios": ratios}
 
 
-def median_ratio(laf: dict[str, Any], base: dict[str, Any], key: str) -> float | None:
+def median_ratio(
+    laf: dict[str, Any], base: dict[str, Any], key: str, digits: int = 2
+) -> float | None:
     pairs = zip(laf.get("per_round", [laf]), base.get("per_round", [base]), strict=False)
     found = []
     for ours, theirs in pairs:
         a, b = ours.get(key), theirs.get(key)
         if isinstance(a, int | float) and isinstance(b, int | float) and b:
             found.append(a / b)
-    return round(statistics.median(found), 2) if found else None
+    return round(statistics.median(found), digits) if found else None
 
 
 def print_table(table: dict[str, Any], args: Any) -> None:
-    def cell(value: Any) -> str:
+    def cell(value: Any, digits: int = 2) -> str:
         if value is None:
             return "-"
         if isinstance(value, float):
-            return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+            return f"{value:,.{digits}f}" if abs(value) < 100 else f"{value:,.0f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     header = table["columns"]
-    widths = [38, 11, 11, 11, 16, 19]
+    widths = [38, 11, 11, 11, 16, 19, 16][: len(header)]
     print()
     print(
         f"medians of {args.rounds} rounds; laf-py on {args.laf_event_loop} event loop, "
@@ -843,7 +867,7 @@ def print_table(table: dict[str, Any], args: Any) -> None:
         )
     )
     for row in table["rows"]:
-        cells = [cell(v) for v in row]
+        cells = [cell(v, 3 if header[i] == "metrics on/off" else 2) for i, v in enumerate(row)]
         print(
             "".join(
                 f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
@@ -898,6 +922,11 @@ def main() -> int:
         f"{','.join(PHASES)}",
     )
     parser.add_argument("--servers", default=",".join(SERVER_NAMES))
+    parser.add_argument(
+        "--metrics-off",
+        action="store_true",
+        help="also run laf-py with --metrics false in the same rounds (column metrics on/off)",
+    )
     parser.add_argument("--clients", type=int, default=2, help="generator processes")
     parser.add_argument("--echo-connections", type=int, default=50)
     parser.add_argument("--payload", type=int, default=64)
@@ -936,12 +965,16 @@ def main() -> int:
         args.only = ",".join(p for p in PHASES if not (args.quick and p == "instructions"))
     phases = [p for p in args.only.split(",") if p]
     servers = [t for t in TARGETS if t.name in args.servers.split(",")]
+    if args.metrics_off:
+        servers.append(METRICS_OFF)
     if unknown := set(phases) - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     peak = max(args.idle_connections, args.broadcast_connections, args.churn_connections)
     raise_fd_limit(peak + 1000)
     meta = {"args": {k: str(v) for k, v in vars(args).items()}, **versions()}
     results: dict[str, Any] = {name: {} for name in SERVER_NAMES}
+    if args.metrics_off:
+        results[METRICS_OFF.name] = {}
     pool = Pool(args.clients)
     try:
         bench = Bench(pool, args)

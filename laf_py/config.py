@@ -38,6 +38,10 @@ class Settings:
     shutdown_grace: float = 10.0
     websocket_error_frames: bool = True
     log_level: str = "info"
+    log_format: str = "text"
+    log_retention: float = 3 * 86400.0  # seconds; 0 keeps no function logs
+    metrics: bool = True
+    admin_token: str | None = field(default=None, repr=False)
     # Kept out of repr(): they may hold passwords.
     database_url: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
@@ -111,9 +115,15 @@ class Settings:
 
     @classmethod
     def load(
-        cls, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        check_folders: bool = True,
     ) -> Settings:
-        """Build settings from flags (by field name; None means "not given") and the environment."""
+        """Build settings from flags (by field name; None means "not given") and the environment.
+
+        ``check_folders=False`` for commands that only need the database (``laf-py logs``)."""
         flags = flags or {}
         environ = environ if environ is not None else {}
         values: dict[str, Any] = {}
@@ -126,7 +136,8 @@ class Settings:
             else:
                 continue
             values[option.field] = option.parse_from(source, raw)
-        return cls(**values).validated()
+        settings = cls(**values)
+        return settings.validated() if check_folders else settings
 
     def validated(self) -> Settings:
         """Return self if every value makes sense together, else raise ConfigError."""

@@ -18,7 +18,7 @@ import time
 
 from .cloud.queue import DONE, FAILED, RETRYING, ClaimedJob, JobQueue, Outcome
 from .core import jsoncodec
-from .core.context import QUEUE_METHOD, FunctionContext
+from .core.context import QUEUE_METHOD, FunctionContext, in_call
 from .core.invoke import Invoker
 from .core.queue_settings import DEFAULT_QUEUE_SETTINGS, QueueSettings
 from .core.registry import RESERVED, Function, FunctionRegistry
@@ -35,6 +35,9 @@ SWEEP_INTERVAL = 300.0  # finished jobs past their retention are deleted this of
 MAX_ERROR = 2000  # characters of an error kept with the job
 
 INTERRUPTED = "Interrupted: the server stopped while it ran (the attempt does not count)"
+
+
+DRAIN_CHECK = 0.05  # seconds between looks at the queue while draining it
 
 
 class MissingFunctionError(LafError):
@@ -71,6 +74,8 @@ class JobWorker:
         self._timer: asyncio.TimerHandle | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._runs = 0  # attempts finished here (drain() counts them)
+        self._progress = asyncio.Event()  # set when an attempt finishes
         queue.on_push = self.wake_at
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -199,25 +204,48 @@ class JobWorker:
     ) -> Outcome:
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
         last = job.attempt >= settings.attempts
-        log.log(
-            logging.ERROR if last else logging.WARNING,
-            "queued job %s of function %r (request %s) failed, attempt %d of %d%s: %s",
-            job.id,
-            job.function,
-            ctx.request_id,
-            job.attempt,
-            settings.attempts,
-            "; kept as failed" if last else "; will retry",
-            error,
-            exc_info=None if isinstance(exc, (FunctionTimeoutError, MissingFunctionError)) else exc,
-        )
+        with in_call(ctx):  # one of the job's own log lines
+            log.log(
+                logging.ERROR if last else logging.WARNING,
+                "queued job %s of function %r (request %s) failed, attempt %d of %d%s: %s",
+                job.id,
+                job.function,
+                ctx.request_id,
+                job.attempt,
+                settings.attempts,
+                "; kept as failed" if last else "; will retry",
+                error,
+                exc_info=None
+                if isinstance(exc, (FunctionTimeoutError, MissingFunctionError))
+                else exc,
+            )
         if last:
             return Outcome(job, FAILED, error=error)
         retry_at = time.time() + settings.retry_delay(job.attempt)
         self.wake_at(retry_at)
         return Outcome(job, RETRYING, error=error, retry_at=retry_at)
 
+    async def drain(self, timeout: float) -> int:
+        """Run every queued job now, delayed and retrying ones included, until none is left
+        (each ends done, or failed after its attempts); for tests and ``POST
+        /_/api/queue/drain``. Returns the attempts that ran. TimeoutError past ``timeout``."""
+        runs = self._runs
+        async with asyncio.timeout(timeout):
+            while True:
+                await self._queue.make_due()
+                self._wake.set()
+                idle = not self._tasks and self._settling is None
+                if idle and await self._queue.live_jobs() == 0:
+                    return self._runs - runs
+                self._progress.clear()
+                # A finished attempt, or a moment for the worker to claim what is due.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DRAIN_CHECK):
+                        await self._progress.wait()
+
     def _finished(self, task: asyncio.Task[None]) -> None:
+        self._runs += 1
+        self._progress.set()
         job = self._tasks.pop(task)
         self._running[job.function] -= 1
         if not self._running[job.function]:

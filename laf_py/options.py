@@ -13,9 +13,20 @@ from typing import Any
 
 from .exceptions import ConfigError
 
-__all__ = ["EVENT_LOOPS", "LOG_LEVELS", "MIB", "MIN_SECRET_LENGTH", "OPTIONS", "Option"]
+__all__ = [
+    "EVENT_LOOPS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MIB",
+    "MIN_ADMIN_TOKEN_LENGTH",
+    "MIN_SECRET_LENGTH",
+    "OPTIONS",
+    "Option",
+]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+MIN_ADMIN_TOKEN_LENGTH = 16
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MIB = 1024 * 1024
 MIN_SECRET_LENGTH = 32  # HS256 wants a key of at least 256 bits (RFC 7518, 3.2)
@@ -47,7 +58,7 @@ class Option:
 
 def _shown(field: str, raw: str) -> str:
     """A rejected value as it may appear in an error: never a secret or a password."""
-    if field == "secret":
+    if field in ("secret", "admin_token"):
         return "<hidden>"
     if field in ("database_url", "redis_url"):
         from sqlalchemy.engine import make_url
@@ -105,6 +116,31 @@ def _secret(raw: str) -> str:
     if len(raw) < MIN_SECRET_LENGTH:
         raise ValueError(raw)
     return raw
+
+
+def _admin_token(raw: str) -> str:
+    if len(raw) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ValueError(raw)
+    return raw
+
+
+def _log_format(raw: str) -> str:
+    if raw.lower() not in LOG_FORMATS:
+        raise ValueError(raw)
+    return raw.lower()
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(raw: str) -> float:
+    """``3d``, ``12h``, ``30m``, ``90s`` or plain seconds; 0 turns the thing off."""
+    text = raw.strip().lower()
+    scale = _DURATION_UNITS.get(text[-1:], 0)
+    value = float(text[:-1] if scale else text) * (scale or 1)
+    if not value >= 0 or not math.isfinite(value):
+        raise ValueError(raw)
+    return value
 
 
 def _redis_url(raw: str) -> str:
@@ -478,6 +514,42 @@ OPTIONS: tuple[Option, ...] = (
         _bool,
         "true or false",
         "refuse tokens without an exp claim, and issue none (default false)",
+    ),
+    # -- Observability: function logs, metrics, admin endpoints --
+    Option(
+        "log_format",
+        "--log-format",
+        "LAF_LOG_FORMAT",
+        _log_format,
+        "|".join(LOG_FORMATS),
+        "server log lines for people (text: time, level, function, request id, message) or "
+        "one JSON object per line for log shippers (json) (default text)",
+    ),
+    Option(
+        "log_retention",
+        "--log-retention",
+        "LAF_LOG_RETENTION",
+        _duration,
+        "a duration like 3d, 12h or 30m (0: keep none)",
+        "how long function log lines are kept in the database for laf-py logs and the console "
+        "(default 3d; 0 keeps none)",
+    ),
+    Option(
+        "metrics",
+        "--metrics",
+        "LAF_METRICS",
+        _bool,
+        "true or false",
+        "count requests, messages and errors for GET /_/metrics (Prometheus) (default true)",
+    ),
+    Option(
+        "admin_token",
+        "--admin-token",
+        "LAF_ADMIN_TOKEN",
+        _admin_token,
+        f"at least {MIN_ADMIN_TOKEN_LENGTH} characters",
+        "Bearer token for the admin endpoints (/_/metrics, /_/console, /_/api/); without one "
+        "they answer loopback clients only. Prefer LAF_ADMIN_TOKEN: command lines are visible",
     ),
     Option(
         "log_level",

@@ -71,4 +71,4 @@ class PresenceEvents:
         try:
             await self._invoker.call(function, ctx)
         except Exception as exc:
-            report_failure(exc, PRESENCE, ctx.request_id)
+            report_failure(exc, PRESENCE, ctx.request_id, ctx=ctx)

@@ -29,11 +29,15 @@ from .core.unload import call_on_unload
 from .core.watcher import FolderWatcher
 from .exceptions import LafError
 from .jobs import JobWorker
+from .logs.capture import PRINT_LOGGER, capture_output, release_output
+from .logs.store import LogStore, install_store_handler
+from .logs.tagging import install_call_tags
 from .presence import PresenceEvents
 from .scheduler import LocalTicks, Scheduler, TickClaims
 
 if TYPE_CHECKING:
     from .bus.redis import RedisBus
+    from .metrics import Metrics
 
 __all__ = ["Runtime", "StartupError"]
 
@@ -68,6 +72,15 @@ class Runtime:
         self._attached = False
         self._bus: RedisBus | None = None
         self.scheduler: Scheduler | None = None
+        self.logs: LogStore | None = None  # function logs kept in the database
+        self._capturing = False
+        # GET /_/metrics; None with --metrics false, and then nothing counts (or imports it).
+        self.metrics: Metrics | None = None
+        if settings.metrics:
+            from .metrics import create_metrics
+
+            self.metrics = create_metrics()
+            self.invoker.on_failure = self.metrics.function_failed  # every trigger's calls
 
     @property
     def sockets(self) -> SocketRegistry:
@@ -105,6 +118,7 @@ class Runtime:
         )
         self.sql = await _open_database(self.settings.database)
         self.sql.attach(bridge)
+        self._keep_function_logs(self.sql)
         self.kv = KeyValueStore(self.sql, bridge)
         self.kv.start_sweeping()
         self.queue = JobQueue(self.sql, bridge, self.registry)
@@ -167,6 +181,12 @@ class Runtime:
             self._bus = None
         if self.kv is not None:
             await step(self.kv.stop_sweeping(), "the kv sweeper did not stop")
+        if self.logs is not None:
+            await step(self.logs.stop(), "the last function log lines were not written")
+            self.invoker.log_sink = self.registry.log_sink = self.logs = None
+        if self._capturing:
+            release_output()
+            self._capturing = False
         if self.sql is not None:
             await step(self.sql.close(), "the database did not close its connections")
         self.threads.shutdown()  # never waits for calls still running
@@ -174,6 +194,20 @@ class Runtime:
         if self._attached:
             cloud.detach()
             self._attached = False
+
+    def _keep_function_logs(self, sql: SQLStore) -> None:
+        """Tag what functions print and log with their call; keep it unless retention is 0."""
+        install_call_tags()
+        capture_output()
+        self._capturing = True
+        # print() lines at --log-level, also in a process whose logging nobody configured
+        # (a server embedded in tests: Python's default would drop them below WARNING).
+        logging.getLogger(PRINT_LOGGER).setLevel(self.settings.log_level.upper())
+        if self.settings.log_retention > 0:
+            install_store_handler()
+            self.logs = LogStore(sql, self.settings.log_retention)
+            self.logs.start()
+            self.invoker.log_sink = self.registry.log_sink = self.logs
 
     def stop_scheduling(self) -> None:
         """Shutdown has begun: no scheduled run starts any more (runs going on finish)."""

@@ -201,14 +201,27 @@ class Scheduler:
                 return
             await self._run(function, tick)
 
-    async def _run(self, function: Function, tick: float) -> None:
+    async def run_now(self, name: str) -> tuple[str, str]:
+        """Run a scheduled function once, now, outside its schedule (tests, the admin API):
+        ``ctx.method == "SCHEDULE"`` as at a tick, but no claim, so it may overlap a tick's
+        run. Returns (request id, outcome: done or failed). LookupError for a name that is
+        not a loaded scheduled function."""
+        function = self._registry.get(name) if name not in RESERVED else None
+        if function is None or function.error is not None or function.schedule is None:
+            state = "failed to load" if function and function.error else "has no schedule"
+            raise LookupError(
+                f"{name!r} is not a scheduled function" if function is None else f"{name!r} {state}"
+            )
+        return await self._run(function, time.time(), claimed=False)
+
+    async def _run(self, function: Function, tick: float, claimed: bool = True) -> tuple[str, str]:
         name = function.name
         scheduled_at = datetime.fromtimestamp(tick, UTC)
         ctx = FunctionContext(SCHEDULE_METHOD, name, params={"scheduled_at": scheduled_at})
         loop = asyncio.get_running_loop()
         started = loop.time()
         keeper = None
-        if self._claims.lease is not None:
+        if claimed and self._claims.lease is not None:
             keeper = asyncio.create_task(self._keep(name, tick, self._claims.lease))
         outcome = "done"
         try:
@@ -217,13 +230,14 @@ class Scheduler:
             outcome = "cancelled"
             raise
         except Exception as exc:
-            report_failure(exc, name, ctx.request_id)
+            report_failure(exc, name, ctx.request_id, ctx=ctx)
             outcome = "failed"
         finally:
             if keeper is not None:
                 keeper.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._claims.finished(name, tick), RELEASE_TIMEOUT)
+            if claimed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._claims.finished(name, tick), RELEASE_TIMEOUT)
             log.info(
                 "SCHEDULE %s at %s %s in %.2fms (request %s)",
                 name,
@@ -232,6 +246,7 @@ class Scheduler:
                 1000.0 * (loop.time() - started),
                 ctx.request_id,
             )
+        return ctx.request_id, outcome
 
     async def _keep(self, name: str, tick: float, lease: float) -> None:
         """Renew the "running" marker while the run goes on, so that only a dead holder's

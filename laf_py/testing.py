@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cloud.tokens import Tokens
 from .config import Settings
+from .logs.lines import LogLine
 from .options import OPTIONS
 
 if TYPE_CHECKING:
@@ -232,6 +233,45 @@ class _Client:
         url = self.ws_url + (f"?{urlencode(query)}" if query else "")
         return url, dict(headers or {})
 
+    # -- admin endpoints: logs, schedules, the queue --------------------------------------------
+
+    def _admin(self, path: str) -> tuple[str, dict[str, str]]:
+        token = self._settings.get("admin_token")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return f"{self.url}/_/api/{path}", headers
+
+    @staticmethod
+    def _admin_answer(response: httpx.Response, what: str) -> Any:
+        if response.status_code != 200:
+            raise RuntimeError(f"{what}: {response.status_code} {response.text}")
+        return response.json()
+
+    @staticmethod
+    def _log_lines(answer: Any) -> list[LogLine]:
+        import logging
+
+        return [
+            LogLine(
+                id=entry["id"],
+                time=entry["time"],
+                level=logging.getLevelName(entry["level"]),
+                function=entry["function"],
+                request_id=entry["request_id"],
+                node=entry["node"],
+                message=entry["message"],
+            )
+            for entry in answer["lines"]
+        ]
+
+    @staticmethod
+    def _log_query(request_id: str | None, function: str | None) -> dict[str, str]:
+        query = {"limit": "10000"}
+        if request_id:
+            query["request"] = request_id
+        if function:
+            query["function"] = function
+        return query
+
     def _start_process(self) -> _ServerProcess:
         self._server = _ServerProcess(self._app, self._settings)
         return self._server
@@ -308,6 +348,33 @@ class TestClient(_Client):
 
     def delete(self, name: str, **options: Any) -> TestResponse:
         return self.request("DELETE", name, **options)
+
+    def logs(self, request_id: str | None = None, function: str | None = None) -> list[LogLine]:
+        """The log lines functions wrote, oldest first: of one call (``response.request_id``),
+        of one function, or all. Each has ``message``, ``level_name``, ``function``,
+        ``request_id`` and ``time``."""
+        url, headers = self._admin("logs")
+        query = self._log_query(request_id, function)
+        answer = self._http.get(url, params=query, headers=headers)
+        return self._log_lines(self._admin_answer(answer, "reading the logs"))
+
+    def run_schedule(self, name: str) -> str:
+        """Run a scheduled function now, as its schedule would (``ctx.method == "SCHEDULE"``);
+        returns the run's request id (for :meth:`logs`). RuntimeError if it failed."""
+        url, headers = self._admin(f"schedules/{name}/run")
+        answer = self._admin_answer(self._http.post(url, headers=headers), f"running {name!r}")
+        if answer["outcome"] != "done":
+            raise RuntimeError(f"{name!r} {answer['outcome']} (request {answer['request_id']})")
+        return str(answer["request_id"])
+
+    def drain_queue(self, timeout: float = 30.0) -> int:
+        """Run every queued job now, delayed and retrying ones too, until none is left; returns
+        how many attempts ran. Read a job's outcome with ``cloud.queue.get`` in a function."""
+        url, headers = self._admin("queue/drain")
+        response = self._http.post(
+            url, params={"timeout": str(timeout)}, headers=headers, timeout=timeout + 10
+        )
+        return int(self._admin_answer(response, "draining the queue")["ran"])
 
     @contextlib.contextmanager
     def websocket(
@@ -438,6 +505,32 @@ class AsyncTestClient(_Client):
 
     async def delete(self, name: str, **options: Any) -> TestResponse:
         return await self.request("DELETE", name, **options)
+
+    async def logs(
+        self, request_id: str | None = None, function: str | None = None
+    ) -> list[LogLine]:
+        """As :meth:`TestClient.logs`."""
+        url, headers = self._admin("logs")
+        query = self._log_query(request_id, function)
+        answer = await self._http.get(url, params=query, headers=headers)
+        return self._log_lines(self._admin_answer(answer, "reading the logs"))
+
+    async def run_schedule(self, name: str) -> str:
+        """As :meth:`TestClient.run_schedule`."""
+        url, headers = self._admin(f"schedules/{name}/run")
+        response = await self._http.post(url, headers=headers)
+        answer = self._admin_answer(response, f"running {name!r}")
+        if answer["outcome"] != "done":
+            raise RuntimeError(f"{name!r} {answer['outcome']} (request {answer['request_id']})")
+        return str(answer["request_id"])
+
+    async def drain_queue(self, timeout: float = 30.0) -> int:
+        """As :meth:`TestClient.drain_queue`."""
+        url, headers = self._admin("queue/drain")
+        response = await self._http.post(
+            url, params={"timeout": str(timeout)}, headers=headers, timeout=timeout + 10
+        )
+        return int(self._admin_answer(response, "draining the queue")["ran"])
 
     @contextlib.asynccontextmanager
     async def websocket(

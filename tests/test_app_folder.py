@@ -55,6 +55,7 @@ async def test_the_banner_says_where_everything_is(cli_server, tmp_path: Path):
     assert f"functions  {url}/fn/<name>: 1 (hello)" in log
     assert re.search(r"FAILED     broken: functions/broken.py, line 1: SyntaxError", log)
     assert f"websocket  {url.replace('http', 'ws')}/__websocket__" in log
+    assert f"console    {url}/_/console (from this machine only)" in log
     assert f"app        {app.resolve()}" in log
     assert f"data       {(app / '.laf').resolve()}" in log
     assert f"database   sqlite+aiosqlite:///{(app / '.laf' / 'laf.db').resolve()}" in log

@@ -126,11 +126,19 @@ class KVWriteLock:
 
     async def acquire(self) -> None:
         if self.url.get_backend_name() == "sqlite":
-            self._sqlite = sqlite3.connect(str(self.url.database), isolation_level=None)
-            self._sqlite.execute("BEGIN IMMEDIATE")
+            # In a thread: waiting for the write lock here must not stop the server's loop,
+            # which may be in the middle of a write of its own (function logs, the sweepers).
+            self._sqlite = await asyncio.to_thread(self._lock_sqlite)
             return
         self._pg = await asyncpg.connect(_asyncpg_dsn(self.url))
         await self._pg.execute("BEGIN; LOCK TABLE laf_kv IN EXCLUSIVE MODE")
+
+    def _lock_sqlite(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            str(self.url.database), isolation_level=None, check_same_thread=False
+        )
+        connection.execute("BEGIN IMMEDIATE")
+        return connection
 
     async def release(self) -> None:
         if self._sqlite is not None:

@@ -4,8 +4,10 @@ item are ordinary error responses and after it a broken response."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -111,6 +113,71 @@ async def main(ctx):
     return items()
 """
 
+PLAIN_LEFT = """
+import threading
+from laf_py import cloud
+
+def main(ctx):
+    gate = threading.Event()
+    cloud.shared.set("gate", gate)
+    cloud.shared.set("closed", False)
+
+    def items():
+        try:
+            yield "one "
+            gate.wait(10)  # the client leaves while a thread is in here
+            yield "two"
+        finally:
+            cloud.shared.set("closed", True)
+
+    generator = items()
+    cloud.shared.set("generator", generator)  # kept: only closing it runs its finally
+    return generator
+"""
+
+MIXED = """
+async def main(ctx):
+    async def items():
+        if ctx.query.get("empty"):
+            return
+        yield b"bytes, "
+        yield "text, "
+        yield b""  # nothing to send: not the end of the body
+        yield bytearray(b"bytearray, ")
+        yield ""
+        yield memoryview(b"memoryview")
+    return items()
+"""
+
+BIG = """
+from laf_py import cloud
+
+async def main(ctx):
+    cloud.shared.set("closed", False)
+    count = int(ctx.query.get("count", "0"))  # 0: for ever
+
+    async def items():
+        try:
+            n = 0
+            while not count or n < count:
+                yield bytes([65 + n % 26]) * 262144  # 256 KiB of one letter each
+                n += 1
+        finally:
+            cloud.shared.set("closed", True)
+
+    return items()
+"""
+
+PLAIN_EVENTS = """
+from laf_py import EventStream
+
+def main(ctx):
+    def events():
+        yield "one"
+        yield {"n": 2}
+    return EventStream(events())
+"""
+
 
 @pytest.fixture
 def functions(functions_dir: Path) -> Path:
@@ -121,6 +188,10 @@ def functions(functions_dir: Path) -> Path:
         ("pinging", PINGING),
         ("failing", FAILING),
         ("slow_start", SLOW_START),
+        ("plain_left", PLAIN_LEFT),
+        ("mixed", MIXED),
+        ("plain_events", PLAIN_EVENTS),
+        ("big", BIG),
         ("hello", "def main(ctx):\n    return 'hello'\n"),
     ]:
         write_function(functions_dir, name, source)
@@ -161,6 +232,74 @@ async def test_a_plain_generator_runs_in_a_thread(serve, http, functions) -> Non
         assert cloud.shared.get("waited") is None  # answered while the generator waited
         cloud.shared.get("gate").set()
         assert b"".join([chunk async for chunk in chunks]) == b"two"
+
+
+async def test_a_plain_generator_left_in_a_thread_is_closed_once_the_thread_is_out(
+    serve, http, functions
+) -> None:
+    """The client leaves while next() blocks a thread: the thread cannot be stopped, so the
+    generator is closed (its finally runs) as soon as that next() returns."""
+    async with serve(functions) as server:
+        async with http.stream("GET", server.fn_url("plain_left")) as response:
+            assert await anext(response.aiter_raw()) == b"one "
+        assert (await http.get(server.fn_url("hello"))).text == "hello"  # the loop is free
+        cloud.shared.get("gate").set()
+        await wait_until(lambda: cloud.shared.get("closed") is True, timeout=5)
+
+
+async def test_items_of_every_kind_and_none(serve, http, functions) -> None:
+    async with serve(functions) as server:
+        mixed = await http.get(server.fn_url("mixed"))
+        empty = await http.get(server.fn_url("mixed"), params={"empty": "1"})
+    assert mixed.status_code == 200 and mixed.text == "bytes, text, bytearray, memoryview"
+    assert empty.status_code == 200 and empty.content == b""
+    assert empty.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+async def test_items_larger_than_the_socket_takes_arrive_whole_and_in_order(
+    serve, http, functions
+) -> None:
+    """12 MiB: the socket takes part of an item, the rest waits in the connection's buffer,
+    and the next item goes after it."""
+    async with serve(functions) as server:
+        response = await http.get(server.fn_url("big"), params={"count": "48"})
+    expected = b"".join(bytes([65 + n % 26]) * 262144 for n in range(48))
+    assert response.status_code == 200 and response.content == expected
+
+
+async def test_a_client_that_leaves_an_endless_stream_closes_it(serve, http, functions) -> None:
+    """Items ready at once, for ever, faster than the client reads: its leaving ends them."""
+    async with serve(functions) as server:
+        async with http.stream("GET", server.fn_url("big")) as response:
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received > 1 << 20:
+                    break
+        await wait_until(lambda: cloud.shared.get("closed") is True, timeout=5)
+        assert (await http.get(server.fn_url("hello"))).text == "hello"
+
+
+async def test_an_http_1_0_client_gets_the_items_unchunked(serve, functions) -> None:
+    """No chunked encoding in HTTP/1.0: the body is the items, and the connection's end
+    ends it."""
+    async with serve(functions) as server:
+        address = urlsplit(server.url)
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        writer.write(b"GET /fn/mixed HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b" 200 OK") and b"chunked" not in head.lower()
+    assert body == b"bytes, text, bytearray, memoryview"
+
+
+async def test_an_event_stream_of_a_plain_generator(serve, http, functions) -> None:
+    async with serve(functions) as server:
+        url = server.fn_url("plain_events")
+        async with aconnect_sse(http, "GET", url) as source:
+            events = [event.data async for event in source.aiter_sse()]
+    assert events == ["one", '{"n":2}']
 
 
 async def test_server_sent_events(serve, http, functions) -> None:

@@ -119,3 +119,108 @@ async def test_laf_test_server_uses_a_fresh_data_folder(app: Path) -> None:
         async with LafTestServer(app / "functions") as server, httpx.AsyncClient() as http:
             assert (await http.get(server.fn_url("counter"))).json()["count"] == 1
     assert not (app / ".laf").exists()
+
+
+# -- the other triggers and the logs, from a test ----------------------------------------------
+
+CLOCK = """
+from laf_py import cloud
+
+schedule = "0 0 1 1 *"  # once a year: only run_schedule makes it run in a test
+
+
+async def main(ctx):
+    print("tick", ctx.method)
+    await cloud.kv.set("ticked", ctx.method)
+"""
+
+PUSH = """
+from laf_py import cloud
+
+async def main(ctx):
+    job = await cloud.queue.push(ctx.query["to"], {"n": ctx.query.get("n")}, delay=3600)
+    return {"job": job}
+"""
+
+WORK = """
+from laf_py import cloud
+
+async def main(ctx):
+    print("working on", ctx.body["n"])
+    await cloud.kv.set("worked-" + str(ctx.body["n"]), True)
+"""
+
+FAILING = """
+queue_attempts = 3
+queue_backoff = 600  # an hour of retries, unless the test drains the queue
+
+
+def main(ctx):
+    raise RuntimeError("this job always fails")
+"""
+
+READ = """
+from laf_py import cloud
+
+async def main(ctx):
+    job = await cloud.queue.get(ctx.query["job"]) if "job" in ctx.query else None
+    return {
+        "ticked": await cloud.kv.get("ticked"),
+        "worked": await cloud.kv.keys("worked-"),
+        "state": job and job.state,
+        "attempts": job and job.attempts,
+    }
+"""
+
+
+@pytest.fixture
+def triggers(tmp_path: Path) -> Path:
+    for name, source in (
+        ("clock", CLOCK),
+        ("push", PUSH),
+        ("work", WORK),
+        ("failing", FAILING),
+        ("read", READ),
+    ):
+        write_function(tmp_path / "functions", name, source)
+    return tmp_path
+
+
+def test_run_a_scheduled_function_now_and_read_its_lines(triggers: Path) -> None:
+    with TestClient(triggers) as client:
+        assert client.get("read").json()["ticked"] is None
+        request_id = client.run_schedule("clock")
+        assert client.get("read").json()["ticked"] == "SCHEDULE"
+        [line] = client.logs(request_id=request_id)
+        assert line.message == "tick SCHEDULE" and line.function == "clock"
+        assert line.level_name == "INFO"
+        with pytest.raises(RuntimeError, match="'read' has no schedule"):
+            client.run_schedule("read")
+        with pytest.raises(RuntimeError, match="'nope' is not a scheduled function"):
+            client.run_schedule("nope")
+
+
+def test_drain_runs_delayed_and_retrying_jobs_now(triggers: Path) -> None:
+    with TestClient(triggers, admin_token="admin-token-of-this-test") as client:
+        for n in ("1", "2"):
+            assert client.get("push", query={"to": "work", "n": n}).status_code == 200
+        failing = client.get("push", query={"to": "failing"}).json()["job"]
+        assert client.get("read").json()["worked"] == []  # an hour away
+        assert client.drain_queue() == 2 + 3  # the failing job ran all its attempts
+        state = client.get("read", query={"job": failing}).json()
+        assert state["worked"] == ["worked-1", "worked-2"]
+        assert state["state"] == "failed" and state["attempts"] == 3
+        lines = client.logs(function="work")
+        assert sorted(line.message for line in lines) == ["working on 1", "working on 2"]
+        errors = [line.message for line in client.logs(function="failing")]
+        assert len(errors) == 3 and all("this job always fails" in e for e in errors)
+        assert client.drain_queue() == 0
+
+
+async def test_the_async_client_has_them_too(triggers: Path) -> None:
+    async with AsyncTestClient(triggers) as client:
+        request_id = await client.run_schedule("clock")
+        assert [line.message for line in await client.logs(request_id)] == ["tick SCHEDULE"]
+        await client.get("push", query={"to": "work", "n": "3"})
+        assert await client.drain_queue() == 1
+        assert [line.message for line in await client.logs(function="work")] == ["working on 3"]

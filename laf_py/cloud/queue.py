@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, delete, select, update
+from sqlalchemy import RowMapping, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -297,6 +297,24 @@ class JobQueue:
         async with self._write() as connection:
             result = await connection.execute(statement)
         return int(result.rowcount or 0)
+
+    async def make_due(self) -> int:
+        """Every waiting job (delayed, or retrying after a failure) due now; for tests and
+        the admin API's "drain the queue now". Returns how many were waiting."""
+        statement = (
+            update(jobs_table)
+            .where(_jobs.state.in_((PENDING, RETRYING)), _jobs.run_at > time.time())
+            .values(run_at=time.time())
+        )
+        async with self._write() as connection:
+            result = await connection.execute(statement)
+        return int(result.rowcount or 0)
+
+    async def live_jobs(self) -> int:
+        """Jobs not finished yet: pending, running or retrying."""
+        statement = select(func.count()).where(_jobs.state.in_((PENDING, RUNNING, RETRYING)))
+        async with self._engine.connect() as connection:
+            return int((await connection.execute(statement)).scalar() or 0)
 
     # -- internals --------------------------------------------------------------------------
 

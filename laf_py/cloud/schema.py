@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, Text, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .sql import SQLITE_BEGIN
 
-__all__ = ["SCHEMA_VERSION", "jobs_table", "kv_table", "migrate"]
+__all__ = ["SCHEMA_VERSION", "jobs_table", "kv_table", "logs_table", "migrate"]
 
 metadata = MetaData()
 
@@ -69,6 +80,27 @@ jobs_key_index = Index(
 )
 
 
+# Function logs (laf_py.logs): what functions print and log, for `laf-py logs` and the console.
+# Written in batches, swept after --log-retention. A 64-bit id on PostgreSQL (a busy cluster
+# can write billions of lines over its life); SQLite's INTEGER PRIMARY KEY is 64-bit already.
+logs_table = Table(
+    "laf_logs",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("time", Float, nullable=False),  # unix time
+    Column("level", Integer, nullable=False),  # logging's numbers: 20 INFO, 30 WARNING ...
+    Column("function", Text, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("node", Text, nullable=False),  # host/pid of the process that wrote it
+    Column("message", Text, nullable=False),
+    Index("laf_logs_time", "time"),
+    Index("laf_logs_function_time", "function", "time"),
+    Index("laf_logs_request", "request_id"),
+)
+
+
 def _v1_key_value(connection: Connection) -> None:
     kv_table.create(connection)
 
@@ -77,7 +109,11 @@ def _v2_jobs(connection: Connection) -> None:
     jobs_table.create(connection)  # with its indexes, the partial unique one included
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_key_value, _v2_jobs]
+def _v3_logs(connection: Connection) -> None:
+    logs_table.create(connection)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_key_value, _v2_jobs, _v3_logs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PG_MIGRATION_LOCK = 0x1AF_5C4E  # any constant shared by every laf-py node

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,11 +66,21 @@ class Socket:
         "_state",
         "_transport",
         "_user_id",
+        "connected_at",
         "id",
+        "messages_in",
+        "messages_out",
+        "remote_address",
     )
 
     def __init__(self, socket_id: str, transport: Transport, registry: SocketRegistry) -> None:
         self.id = socket_id
+        # For the console (kept by the server whether or not --metrics is on): when the
+        # connection opened (time.time()), from where, and the data messages each way.
+        self.connected_at = time.time()
+        self.remote_address: str | None = None
+        self.messages_in = 0
+        self.messages_out = 0
         self._state: dict[str, Any] | None = None
         self._transport = transport
         self._registry = registry

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -13,12 +14,13 @@ from .response import Response
 if TYPE_CHECKING:
     from ..cloud.sockets import Socket
 
-__all__ = ["FunctionContext", "current_call", "new_request_id"]
+__all__ = ["FunctionContext", "current_call", "in_call", "new_request_id"]
 
 WS_CONNECTION = "WebSocket:connection"
 WS_MESSAGE = "WebSocket:message"
 WS_CLOSE = "WebSocket:close"
 INIT_METHOD = "INIT"
+IMPORT_METHOD = "IMPORT"  # not a call: a function file being imported (its output is logged)
 SCHEDULE_METHOD = "SCHEDULE"
 QUEUE_METHOD = "QUEUE"
 
@@ -27,6 +29,16 @@ _EMPTY: Mapping[str, Any] = {}
 current_call: ContextVar[FunctionContext | None] = ContextVar("laf_current_call", default=None)
 """The ``ctx`` of the call running here (set by the invoker, also in a plain ``def``'s thread
 and in tasks the call starts): how ``cloud.queue.push`` knows the user who pushed."""
+
+
+@contextlib.contextmanager
+def in_call(ctx: FunctionContext) -> Iterator[None]:
+    """Run a block as part of ``ctx``'s call: what it logs is that call's (function logs)."""
+    calling = current_call.set(ctx)
+    try:
+        yield
+    finally:
+        current_call.reset(calling)
 
 
 _PROCESS_PREFIX = os.urandom(6).hex()
@@ -48,11 +60,13 @@ class FunctionContext:
     """
 
     __slots__ = (
+        "_output",
         "_request_id",
         "_response",
         "body",
         "function_name",
         "headers",
+        "log_sink",
         "method",
         "params",
         "query",
@@ -83,6 +97,10 @@ class FunctionContext:
         self.socket = socket
         self._request_id = request_id
         self._response: Response | None = None
+        # Function logs: where this call's lines are kept (set by the invoker), and the
+        # unfinished line of each output stream (laf_py.logs.capture).
+        self.log_sink: Any = None
+        self._output: dict[str, str] | None = None
 
     @property
     def request_id(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..exceptions import FunctionTimeoutError, HTTPError
+from .context import FunctionContext, current_call, in_call
 
 __all__ = ["INTERNAL_ERROR", "report_failure"]
 
@@ -19,9 +20,24 @@ INTERNAL_ERROR = "Internal Server Error"
 
 
 def report_failure(
-    exc: BaseException, function_name: str, request_id: str, socket_id: str | None = None
+    exc: BaseException,
+    function_name: str,
+    request_id: str,
+    socket_id: str | None = None,
+    ctx: FunctionContext | None = None,
 ) -> tuple[int, str]:
-    """Log ``exc`` as it deserves and return the (status, message) to tell the client."""
+    """Log ``exc`` as it deserves and return the (status, message) to tell the client.
+
+    With ``ctx``, the line is one of that call's (its function logs keep it)."""
+    if ctx is None or current_call.get() is ctx:
+        return _report(exc, function_name, request_id, socket_id)
+    with in_call(ctx):
+        return _report(exc, function_name, request_id, socket_id)
+
+
+def _report(
+    exc: BaseException, function_name: str, request_id: str, socket_id: str | None
+) -> tuple[int, str]:
     where = f"function {function_name!r} (request {request_id}"
     where += f", socket {socket_id})" if socket_id else ")"
     if isinstance(exc, FunctionTimeoutError):

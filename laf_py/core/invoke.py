@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import FunctionTimeoutError
+from ..logs.capture import flush_output
 from .context import FunctionContext, current_call
 from .eager import Done, start_now
 from .registry import Function
@@ -32,6 +33,10 @@ class Invoker:
     def __init__(self, threads: FunctionThreads, default_timeout: float) -> None:
         self._threads = threads
         self._default_timeout = default_timeout
+        # Where the lines of each call are kept (laf_py.logs.store.LogStore), if anywhere.
+        self.log_sink: Any = None
+        # Told of every call that raised (the metrics count errors and timeouts per function).
+        self.on_failure: Callable[[str, BaseException], None] | None = None
 
     async def call(
         self,
@@ -50,6 +55,7 @@ class Invoker:
         """
         seconds = function.timeout or self._default_timeout
         limit: asyncio.Timeout | None = None
+        ctx.log_sink = self.log_sink
         calling = current_call.set(ctx)  # for cloud.queue.push: whose call this is
         try:
             if interceptor is None:
@@ -66,19 +72,32 @@ class Invoker:
             async with asyncio.timeout(seconds) as limit:
                 result = await work
             return (result, True) if interceptor is None else result
-        except TimeoutError:
+        except TimeoutError as exc:
             if limit is not None and limit.expired():
-                raise FunctionTimeoutError(function.name, seconds) from None
+                raise self._failed(function, FunctionTimeoutError(function.name, seconds)) from None
+            self._failed(function, exc)
             raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the server is cancelling this call
-            raise FunctionExit(f"function {function.name!r} raised CancelledError") from None
+            exit_ = FunctionExit(f"function {function.name!r} raised CancelledError")
+            raise self._failed(function, exit_) from None
         except (SystemExit, KeyboardInterrupt) as exc:
-            raise FunctionExit(f"function {function.name!r} raised {exc!r}") from exc
+            exit_ = FunctionExit(f"function {function.name!r} raised {exc!r}")
+            raise self._failed(function, exit_) from exc
+        except Exception as exc:
+            self._failed(function, exc)
+            raise
         finally:
+            if ctx._output:
+                flush_output(ctx)  # a last line without its newline
             current_call.reset(calling)
+
+    def _failed(self, function: Function, exc: BaseException) -> BaseException:
+        if self.on_failure is not None:
+            self.on_failure(function.name, exc)
+        return exc
 
     async def _run(self, function: Function, ctx: FunctionContext, *extra: Any) -> Any:
         main = function.main

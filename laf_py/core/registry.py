@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any, NamedTuple, TypeVar
 
 from ..exceptions import FunctionLoadError
+from .context import IMPORT_METHOD, FunctionContext, in_call
 from .daemon import in_daemon_thread
 from .imports import ImportGraph, imported_modules, parents
 from .loader import ModuleLoader, module_name
@@ -110,6 +111,8 @@ class FunctionRegistry:
         self._graph = ImportGraph()
         self._warned: set[Path] = set()
         self._lock = asyncio.Lock()
+        # Function logs: where what a module prints while it is imported is kept.
+        self.log_sink: Any = None
 
     def get(self, name: str) -> Function | None:
         """The function called ``name``; None when there is no such file. Never imports."""
@@ -297,12 +300,16 @@ class FunctionRegistry:
         return module_name(relative.as_posix())
 
     def _load(self, name: str, path: Path) -> Function:
-        try:
-            module = self._loader.load(name, path)
-            return _inspect(name, path, self._loader.display(str(path)), module)
-        except FunctionLoadError as exc:
-            log.error("cannot load function %r: %s", name, exc)
-            return Function(name, path, error=exc)
+        # What the module prints or logs at import is a line of that function's.
+        importing = FunctionContext(IMPORT_METHOD, name)
+        importing.log_sink = self.log_sink
+        with in_call(importing):
+            try:
+                module = self._loader.load(name, path)
+                return _inspect(name, path, self._loader.display(str(path)), module)
+            except FunctionLoadError as exc:
+                log.error("cannot load function %r: %s", name, exc)
+                return Function(name, path, error=exc)
 
 
 def _read(path: Path) -> bytes:

@@ -9,12 +9,16 @@ import tornado.web
 from tornado.log import access_log
 
 from ..cloud.tokens import hide_tokens, hide_tokens_in_uri
+from ..core.context import current_call
 from ..runtime import Runtime
 from .activity import Activity
 from .base import NotFoundHandler
 from .http import PREFIX, FunctionHandler, HealthHandler
 from .keepalive import Keepalive
+from .logs_api import LogsHandler, LogStreamHandler
+from .metrics import MetricsHandler
 from .static import PublicFileHandler, WelcomeHandler
+from .triggers_api import DrainQueueHandler, RunScheduleHandler
 from .websocket import FunctionSocketHandler
 
 __all__ = ["make_app"]
@@ -33,15 +37,23 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         return
     request = handler.request
     uri = hide_tokens_in_uri(request.uri or "")
-    access_log.log(
-        level,
-        "%d %s %s (%s) %.2fms",
-        status,
-        hide_tokens(request.method or ""),
-        uri,
-        request.remote_ip,
-        1000.0 * request.request_time(),
-    )
+    # The request id of the call, so its access line and its function's lines go together.
+    request_id = getattr(handler, "_request_id", None)
+    # Not a line of the call, even when a stream ends inside it: the server's, with its id.
+    outside = current_call.set(None)
+    try:
+        access_log.log(
+            level,
+            "%d %s %s (%s) %.2fms",
+            status,
+            hide_tokens(request.method or ""),
+            uri,
+            request.remote_ip,
+            1000.0 * request.request_time(),
+            extra={"laf_request_id": request_id},
+        )
+    finally:
+        current_call.reset(outside)
 
 
 class _HideTokens(logging.Filter):
@@ -77,6 +89,11 @@ def make_app(runtime: Runtime, activity: Activity, keepalive: Keepalive) -> torn
         (rf"{PREFIX}(.*)", FunctionHandler, deps),
         (r"/__websocket__", FunctionSocketHandler, {**deps, "keepalive": keepalive}),
         (r"/_/healthz", HealthHandler, deps),
+        (r"/_/api/logs", LogsHandler, deps),
+        (r"/_/api/logs/stream", LogStreamHandler, deps),
+        (r"/_/api/schedules/(.+)/run", RunScheduleHandler, deps),
+        (r"/_/api/queue/drain", DrainQueueHandler, deps),
+        (r"/_/metrics", MetricsHandler, deps),
         (r"/_/.*", NotFoundHandler, deps),
     ]
     if settings.public_dir is not None:

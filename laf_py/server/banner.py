@@ -23,6 +23,8 @@ def banner(settings: Settings, url: str, functions: list[Function], loop: str) -
         lines.append(f"  FAILED     {function.name}: {function.error}")
     if any(f.name == "__websocket__" and f.error is None for f in functions):
         lines.append(f"  websocket  {url.replace('http', 'ws', 1)}/__websocket__")
+    access = "with --admin-token" if settings.admin_token else "from this machine only"
+    lines.append(f"  console    {url}/_/console ({access})")
     lines.append(f"  app        {settings.app_dir.resolve()}")
     data = f"  data       {settings.data.resolve()}"
     if settings.data_is_legacy:

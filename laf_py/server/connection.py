@@ -105,6 +105,7 @@ class SocketConnection:
         headers: Mapping[str, str],
         query: Mapping[str, str],
         user: dict[str, Any] | None,
+        remote_address: str | None = None,
     ) -> None:
         settings = runtime.settings
         self.runtime = runtime
@@ -114,6 +115,7 @@ class SocketConnection:
         self._query = query
         self._user = user
         self.socket = runtime.sockets.open(self, user_id_of(user))
+        self.socket.remote_address = remote_address
         self._stream: IOStream | None = None
         self._early: list[bytes] | None = []  # frames held until the handshake answer is out
         self._parser = parsing.FrameParser(settings.max_message_size, _websocket_mask)
@@ -148,7 +150,7 @@ class SocketConnection:
         except HTTPError as exc:
             self.close(4000 + exc.status, exc.message)
         except Exception as exc:
-            _, error = report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
+            _, error = report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id, ctx)
             self._send_error_frame(error, ctx.request_id)
             self.close(INTERNAL_ERROR, error)
         else:
@@ -156,6 +158,8 @@ class SocketConnection:
                 self.close(FORBIDDEN, "Forbidden")
             elif self._close is None:  # not closed meanwhile (by the event, or a shutdown)
                 runtime.sockets.accept(self.socket)
+                if runtime.metrics is not None:
+                    runtime.metrics.websocket_opened()  # closed: _on_stream_closed
                 return SWITCHING_PROTOCOLS, ctx.request_id
         code = self._close[0] if self._close is not None else None
         return code or SWITCHING_PROTOCOLS, ctx.request_id
@@ -230,6 +234,10 @@ class SocketConnection:
     def _received(self, message: str | bytes) -> None:
         if self._close_sent:
             return  # we are closing: what the client sends meanwhile is dropped
+        self.socket.messages_in += 1
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.message_in()
         if self._task is None:
             self._task = asyncio.ensure_future(self._handle(message))
             return
@@ -268,7 +276,7 @@ class SocketConnection:
         try:
             await self.runtime.invoker.call(self._function(), ctx)
         except Exception as exc:
-            _, error = report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
+            _, error = report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id, ctx)
             self._send_error_frame(error, ctx.request_id)
 
     def _refuse_flood(self) -> None:
@@ -416,7 +424,10 @@ class SocketConnection:
         if self._expiry is not None:
             self._expiry.cancel()
         self.keepalive.discard(self)
-        self.runtime.sockets.discard(self.socket)
+        sockets = self.runtime.sockets
+        if self.runtime.metrics is not None and self.socket in sockets:  # it was accepted
+            self.runtime.metrics.websocket_closed()
+        sockets.discard(self.socket)
         if self._task is None:  # else the messages still waiting go first
             self._start_close_event()
 
@@ -431,7 +442,7 @@ class SocketConnection:
                 try:
                     await self.runtime.invoker.call(self._function(), ctx)
                 except Exception as exc:
-                    report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id)
+                    report_failure(exc, WEBSOCKET, ctx.request_id, self.socket.id, ctx)
         finally:
             self.runtime.sockets.release(self.socket)
             self.activity.end_connection(self)
@@ -439,12 +450,21 @@ class SocketConnection:
     # -- writing: the Transport of Socket ---------------------------------------------------
 
     def write_frame(self, frame: bytes) -> Awaitable[Any] | None:
+        """A data message for the client (every delivery, and error frames)."""
         if self._close_sent or self._ended:
             return None
         if self._early is not None:
             self._early.append(frame)
-            return WRITTEN
-        return self._write(frame)
+            written: Awaitable[Any] | None = WRITTEN
+        else:
+            written = self._write(frame)
+            if written is None:
+                return None
+        self.socket.messages_out += 1
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.message_out()
+        return written
 
     def _write(self, data: bytes) -> Awaitable[Any] | None:
         stream = self._stream
@@ -508,6 +528,8 @@ class SocketConnection:
         unsent data passed the hard cap. Close it, so one client can never make the server's
         memory grow without bound."""
         log.warning("dropping socket %s: slow consumer", self.socket.id)
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.slow_consumer_closed()
         if self._close is None:
             self._close = (SLOW_CONSUMER, "slow consumer")
         # A close frame would wait behind everything the client is not reading: drop the

@@ -65,6 +65,7 @@ class FunctionHandler(BaseHandler):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
     _cors_origin: str | None = None  # an allowed cross-origin request's Origin
+    _function_label: str | None = None  # the function this request reached, for metrics
 
     def set_default_headers(self) -> None:
         # Also run by clear(), so every answer keeps its CORS headers, errors included.
@@ -201,6 +202,7 @@ class FunctionHandler(BaseHandler):
         if function is None or name is None:
             shown = self.request.path.removeprefix(PREFIX) if name is None else name
             return self.send_error_json(404, f"Function {shown!r} not found")
+        self._function_label = function.name
         if function.error is not None:
             failed = function.name if function.name == DEFAULT else name
             return self.send_error_json(500, f"Function {failed!r} failed to load; see server log")
@@ -226,14 +228,18 @@ class FunctionHandler(BaseHandler):
             user=user,
             request_id=self.request_id,
         )
+        returned = False  # the invoker counts the failures of the call itself
         try:
             ctx.body = self._body()
             result, _ = await self.runtime.invoker.call(function, ctx, interceptor)
+            returned = True
             if is_stream(stream_body(result)):
                 return await self._stream(result, ctx, function.timeout)
             rendered = render(result, ctx.response_if_touched)
         except Exception as exc:
-            status, message = report_failure(exc, name, ctx.request_id)
+            status, message = report_failure(exc, name, ctx.request_id, ctx=ctx)
+            if returned and self.runtime.metrics is not None:  # e.g. a value that is not JSON
+                self.runtime.metrics.function_failed(function.name, exc)
             return self.send_error_json(status, message)
 
         self.set_status(rendered.status)
@@ -244,6 +250,19 @@ class FunctionHandler(BaseHandler):
         else:
             self.clear_header("Content-Type")
             self.finish()  # Tornado refuses even an empty body with 204
+
+    def on_finish(self) -> None:
+        """Count the answered request for /_/metrics (a streamed one too: it finishes here)."""
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            label = self._function_label
+            if label is None:  # answered before _call (413, a preflight, 405, 404): look it up
+                name = function_name(self.request.path)
+                function = self._function_for(name) if name else None
+                label = function.name if function is not None else None
+            request = self.request
+            status = self.get_status()
+            metrics.http_request(label, request.method or "", status, request.request_time())
 
     def _list_functions(self) -> None:
         """``GET /fn/``: the names of the functions there are, so that a developer who

@@ -106,8 +106,10 @@ class FunctionSocketHandler(BaseHandler):
             request.headers,
             bodies.parse_query(request.query),
             self._user,
+            request.remote_ip,
         )
         ended_with, request_id = await connection.connect()
+        self._request_id = request_id  # for the access line
         response = (
             "HTTP/1.1 101 Switching Protocols\r\n"
             "Upgrade: websocket\r\n"

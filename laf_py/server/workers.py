@@ -31,7 +31,23 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def serve_workers(settings: Settings) -> None:
-    supervisor = _Supervisor(settings, bind(settings))
+    listeners = bind(settings)
+    if not settings.metrics:
+        _supervise(settings, listeners)
+        return
+    from ..metrics import share_between_workers, stop_sharing
+
+    # Before forking: every worker's metrics go to files of one fresh folder, so a scrape of
+    # any worker covers them all (laf_py/metrics.py).
+    share_between_workers()
+    try:
+        _supervise(settings, listeners)
+    finally:
+        stop_sharing()
+
+
+def _supervise(settings: Settings, listeners: list[socket.socket]) -> None:
+    supervisor = _Supervisor(settings, listeners)
     supervisor.start()
     supervisor.supervise()
 
@@ -61,6 +77,7 @@ class _Supervisor:
             pid, _status = os.waitpid(-1, os.WNOHANG)
             if pid and not self.stopping:  # a worker died while starting (it said why)
                 self.workers.pop(pid, None)
+                self._exited(pid)
                 self._forward(signal.SIGTERM, None)
                 self._reap_all()
                 raise StartupError("a worker could not start (see its error above)")
@@ -77,6 +94,7 @@ class _Supervisor:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
+            self._exited(pid)
             number = self.workers.pop(pid, None)
             if number is None or self.stopping:
                 continue
@@ -134,4 +152,12 @@ class _Supervisor:
         for pid in list(self.workers):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+            self._exited(pid)
         self.workers.clear()
+
+    def _exited(self, pid: int) -> None:
+        """A worker is gone: its open connections leave laf_websocket_connections."""
+        if self.settings.metrics:
+            from ..metrics import worker_exited
+
+            worker_exited(pid)

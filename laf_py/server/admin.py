@@ -1,0 +1,123 @@
+"""Who may use the admin endpoints (``/_/metrics``, ``/_/console``, ``/_/api/...``).
+
+With ``--admin-token`` set, every request needs ``Authorization: Bearer <token>``, whatever its
+address. Without one, only clients on the loopback interface are answered (with
+``--trust-proxy-headers``, the forwarded client address decides, as it does everywhere).
+
+Either way an admin endpoint is same-origin only: a request a page of another site makes
+(an ``Origin`` that is not this server, or ``Sec-Fetch-Site: cross-site``) is refused, and no
+admin response carries CORS headers. Without that, any page open in the browser of someone
+running laf-py on their laptop could post to ``http://localhost:8000/_/api/...``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from urllib.parse import urlsplit
+
+from .base import BaseHandler, host_name
+
+__all__ = ["AdminHandler", "admin_refusal"]
+
+log = logging.getLogger("laf_py")
+
+NEEDS_TOKEN = "admin endpoint: send Authorization: Bearer <the --admin-token / LAF_ADMIN_TOKEN>"
+LOOPBACK_ONLY = (
+    "admin endpoints answer loopback clients only; set --admin-token / LAF_ADMIN_TOKEN to "
+    "reach them from elsewhere"
+)
+CROSS_ORIGIN = "admin endpoints are same-origin only"
+
+
+def _is_loopback_address(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _same_origin(origin: str, served_host: str | None) -> bool:
+    """Whether an ``Origin`` header names the host this request was sent to."""
+    if served_host is None:
+        return False
+    parts = urlsplit(origin)
+    if not parts.scheme or not parts.netloc:
+        return False  # "null" (a sandboxed page, a file://) or junk
+    return host_name(parts.netloc) == host_name(served_host) and (
+        parts.port == _port_of(served_host)
+        or (parts.port is None and _port_of(served_host) is None)
+    )
+
+
+def _port_of(host: str) -> int | None:
+    try:
+        return urlsplit(f"//{host}").port
+    except ValueError:
+        return None
+
+
+def admin_refusal(
+    *,
+    admin_token: str | None,
+    authorization: str | None,
+    remote_ip: str | None,
+    origin: str | None,
+    fetch_site: str | None,
+    served_host: str | None,
+) -> tuple[int, str] | None:
+    """(status, message) when a request may not use an admin endpoint, else None."""
+    if fetch_site == "cross-site" or (origin is not None and not _same_origin(origin, served_host)):
+        return 403, CROSS_ORIGIN
+    if admin_token is not None:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), admin_token.encode()
+        ):
+            return 401, NEEDS_TOKEN
+        return None
+    if not _is_loopback_address(remote_ip):
+        return 403, LOOPBACK_ONLY
+    return None
+
+
+class AdminHandler(BaseHandler):
+    """Base of every admin endpoint: the access rule runs before any method.
+
+    Subclasses do not define ``prepare``; they implement ``get``/``post`` as usual.
+    """
+
+    def prepare(self) -> None:
+        headers = self.request.headers
+        refused = admin_refusal(
+            admin_token=self.runtime.settings.admin_token,
+            authorization=headers.get("Authorization"),
+            remote_ip=self.request.remote_ip,
+            origin=headers.get("Origin"),
+            fetch_site=headers.get("Sec-Fetch-Site"),
+            served_host=self.served_host,
+        )
+        if refused is None:
+            return
+        status, message = refused
+        log.warning(
+            "refused %s %s from %s: %s",
+            self.request.method,
+            self.request.path,
+            self.request.remote_ip,
+            message,
+        )
+        extra = {"WWW-Authenticate": 'Bearer realm="laf-py admin"'} if status == 401 else {}
+        self.send_error_json(status, message, **extra)
+
+    def set_default_headers(self) -> None:
+        # Admin answers are never cached by a browser or a proxy, nor framed by another page.
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
