@@ -13,6 +13,7 @@ from ..core.context import current_call
 from ..runtime import Runtime
 from .activity import Activity
 from .base import NotFoundHandler
+from .console import console_routes
 from .http import PREFIX, FunctionHandler, HealthHandler
 from .keepalive import Keepalive
 from .logs_api import LogsHandler, LogStreamHandler
@@ -94,6 +95,7 @@ def make_app(runtime: Runtime, activity: Activity, keepalive: Keepalive) -> torn
         (r"/_/api/schedules/(.+)/run", RunScheduleHandler, deps),
         (r"/_/api/queue/drain", DrainQueueHandler, deps),
         (r"/_/metrics", MetricsHandler, deps),
+        *console_routes(deps),
         (r"/_/.*", NotFoundHandler, deps),
     ]
     if settings.public_dir is not None:
