@@ -85,6 +85,8 @@ async def _show(url: str, filters: dict[str, Any], limit: int, follow: bool, sho
         for line in first:
             show(line)
         if not follow:
+            if not first:
+                print("no function log lines match (yet)", file=sys.stderr)
             return
         printed = {line.id for line in first}
         since = max(started - 1.0, filters.pop("since", None) or 0.0)
