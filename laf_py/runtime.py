@@ -136,6 +136,7 @@ class Runtime:
             f", {broken} failed" if broken else "",
         )
         await self._run_init()
+        self._keep_logging_ours()  # after the functions' own logging setup, if any
         self.jobs = JobWorker(self.queue, self.registry, self.invoker, self.settings.timeout)
         self.jobs.start()
         self.scheduler = Scheduler(self.registry, self.invoker, self._tick_claims())
@@ -207,7 +208,14 @@ class Runtime:
             install_store_handler()
             self.logs = LogStore(sql, self.settings.log_retention)
             self.logs.start()
-            self.invoker.log_sink = self.registry.log_sink = self.logs
+            self.invoker.log_sink = self.registry.log_sink = self.logs.key
+
+    def _keep_logging_ours(self) -> None:
+        """A functions folder may configure logging itself (``logging.config.dictConfig`` in
+        ``__init__``): that must not silence print() in calls or stop lines being kept."""
+        logging.getLogger(PRINT_LOGGER).disabled = False
+        if self.logs is not None:
+            install_store_handler()
 
     def stop_scheduling(self) -> None:
         """Shutdown has begun: no scheduled run starts any more (runs going on finish)."""
@@ -240,6 +248,7 @@ class Runtime:
     async def _on_files_changed(self, paths: set[Path]) -> None:
         """Import what changed in the import thread, swap it in, then clean up the old."""
         result = await self.registry.refresh(paths)
+        self._keep_logging_ours()
         if self.scheduler is not None:
             self.scheduler.sync()
         if result.loaded or result.removed or (result.changed and not result.init_changed):

@@ -471,3 +471,85 @@ async def test_what_a_streaming_generator_prints_is_a_line_of_its_call(
         assert [line.message for line in lines] == ["plain item"]
         metrics = await http.get(f"{server.url}/_/metrics")
         assert 'laf_function_errors_total{function="ticker",kind="error"} 1.0' in metrics.text
+
+
+async def test_without_a_token_only_a_direct_loopback_request_naming_this_machine_gets_in(
+    serve, functions_dir, http
+) -> None:
+    """A loopback address alone is not enough: a local proxy or tunnel relays everyone from
+    127.0.0.1, and a rebound DNS name reaches it as another site."""
+    async with serve(functions_dir, allowed_hosts=("*",)) as server:
+        url = f"{server.url}/_/api/logs"
+        assert (await http.get(url)).status_code == 200
+        assert (await http.get(url, headers={"Host": "localhost"})).status_code == 200
+        for headers in (
+            {"X-Forwarded-For": "203.0.113.9"},
+            {"X-Real-Ip": "203.0.113.9"},
+            {"Forwarded": "for=203.0.113.9"},
+            {"Host": "rebound.example"},
+            {"Host": "rebound.example", "Origin": "http://rebound.example"},
+        ):
+            answer = await http.get(url, headers=headers)
+            assert answer.status_code == 403, headers
+        odd = await http.get(url, headers={"Origin": "http://127.0.0.1:99999"})
+        assert odd.status_code == 403  # a port that is not one: refused, not a 500
+
+
+async def test_odd_lines_and_a_logging_setup_of_the_functions_lose_nothing(
+    serve, functions_dir, http
+) -> None:
+    write_function(
+        functions_dir,
+        "__init__",
+        "import logging.config\n\n"
+        "logging.config.dictConfig(\n"
+        "    {'version': 1, 'disable_existing_loggers': False, 'root': {'handlers': []}}\n"
+        ")\n"
+        "logging.getLogger('print').disabled = True  # what disable_existing_loggers does\n\n"
+        "def main(ctx):\n    pass\n",
+    )
+    write_function(
+        functions_dir,
+        "odd",
+        "import logging, pickle\n"
+        "def main(ctx):\n"
+        "    print('a lone surrogate \\udc80 and a NUL \\x00 here')\n"
+        "    logging.getLogger('mine').warning('after dictConfig')\n"
+        "    record = logging.getLogger('mine').makeRecord('mine', 20, 'f', 1, 'm', (), None)\n"
+        "    return {'pickled': len(pickle.dumps(record)) > 0}\n",
+    )
+    async with serve(functions_dir) as server:
+        answer = await http.get(f"{server.url}/fn/odd")
+        assert answer.json() == {"pickled": True}
+        store = server.server.runtime.logs
+        assert store is not None
+        messages = [line.message for line in await store.query(function="odd")]
+        assert messages == ["a lone surrogate \\udc80 and a NUL \\x00 here", "after dictConfig"]
+
+
+async def test_a_reconnecting_reader_gets_every_line_it_missed(serve, functions_dir, http) -> None:
+    write_function(
+        functions_dir, "many", "def main(ctx):\n    for i in range(450):\n        print('n', i)\n"
+    )
+    async with serve(functions_dir) as server:
+        store = server.server.runtime.logs
+        assert store is not None
+        rid = (await http.get(f"{server.url}/fn/many")).headers["x-request-id"]
+        first = (await store.query(request_id=rid, limit=1000))[0]
+        await http.get(f"{server.url}/fn/many")
+        seen: list[str] = []
+        headers = {"Last-Event-ID": str(first.id)}
+        url = f"{server.url}/_/api/logs/stream"
+        async with http.stream("GET", url, headers=headers, timeout=20) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:])["message"])
+                    if len(seen) == 449 + 450:
+                        break
+        assert seen[0] == "n 1" and seen[448] == "n 449" and seen[449] == "n 0"
+        # ?since= (it once failed the stream with a TypeError): the lines from then on.
+        async with http.stream("GET", url, params={"since": "1h"}, timeout=20) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    assert json.loads(line[6:])["message"] == "n 0"
+                    break

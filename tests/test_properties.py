@@ -433,7 +433,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
 
 @pytest.fixture(scope="module")
 def client(live: ThreadedServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live.url, timeout=10) as http:
+    # A new connection per request: the module's examples can be minutes apart on a loaded
+    # machine, and a kept-alive connection the server closes as idle (--header-timeout) just as
+    # the next request goes out is reset, which says nothing about that request.
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=live.url, timeout=10, limits=no_reuse) as http:
         yield http
 
 

@@ -33,7 +33,7 @@ class Invoker:
     def __init__(self, threads: FunctionThreads, default_timeout: float) -> None:
         self._threads = threads
         self._default_timeout = default_timeout
-        # Where the lines of each call are kept (laf_py.logs.store.LogStore), if anywhere.
+        # Where the lines of each call are kept: the key of a laf_py.logs.store.LogStore.
         self.log_sink: Any = None
         # Told of every call that raised (the metrics count errors and timeouts per function).
         self.on_failure: Callable[[str, BaseException], None] | None = None

@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any, NamedTuple, TypeVar
 
 from ..exceptions import FunctionLoadError
+from ..logs.capture import flush_output
 from .context import IMPORT_METHOD, FunctionContext, in_call
 from .daemon import in_daemon_thread
 from .imports import ImportGraph, imported_modules, parents
@@ -306,6 +307,8 @@ class FunctionRegistry:
         with in_call(importing):
             try:
                 module = self._loader.load(name, path)
+                if importing._output:
+                    flush_output(importing)  # a last line printed without its newline
                 return _inspect(name, path, self._loader.display(str(path)), module)
             except FunctionLoadError as exc:
                 log.error("cannot load function %r: %s", name, exc)

@@ -51,17 +51,26 @@ class CallOutput:
         pending = ctx._output
         if pending is None:
             pending = ctx._output = {}
-        buffered = pending.get(self._name, "") + text
+        # Per stream and thread: two threads of one call (asyncio.to_thread copies its
+        # context) each keep their own unfinished line.
+        key = f"{self._name} {threading.get_ident()}"
+        buffered = pending.get(key, "") + text
         *lines, rest = buffered.split("\n")
         while len(rest) > MAX_PENDING_LINE:
             lines.append(rest[:MAX_PENDING_LINE])
             rest = rest[MAX_PENDING_LINE:]
-        pending[self._name] = rest
+        if rest:
+            pending[key] = rest
+        else:
+            pending.pop(key, None)
         for line in lines:
             self._emit(line.rstrip("\r"))
         return len(text)
 
     def _emit(self, line: str) -> None:
+        if print_log.disabled:  # logging.config disabled it: the line goes where print meant
+            self.wrapped.write(line + "\n")
+            return
         if not print_log.isEnabledFor(self._level):
             return
         # The record directly: Logger.log would walk the stack for a caller (print's) that
@@ -75,9 +84,12 @@ class CallOutput:
 
     def flush_call(self, ctx: FunctionContext) -> None:
         pending = ctx._output
-        rest = pending.pop(self._name, "") if pending else ""
-        if rest:
-            self._emit(rest)
+        if not pending:
+            return
+        for key in [k for k in pending if k.startswith(f"{self._name} ")]:
+            rest = pending.pop(key)
+            if rest:
+                self._emit(rest)
 
     def flush(self) -> None:
         if current_call.get() is None:

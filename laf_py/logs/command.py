@@ -26,6 +26,8 @@ from .lines import LogLine, follow_lines, parse_level, parse_since, read_lines
 
 __all__ = ["add_arguments", "run"]
 
+CATCH_UP = 3.0
+
 _COLOURS = {
     "DEBUG": "\x1b[2m",
     "WARNING": "\x1b[33m",
@@ -89,7 +91,9 @@ async def _show(url: str, filters: dict[str, Any], limit: int, follow: bool, sho
                 print("no function log lines match (yet)", file=sys.stderr)
             return
         printed = {line.id for line in first}
-        since = max(started - 1.0, filters.pop("since", None) or 0.0)
+        # Lines made just before the first read may reach the table after it (the writer
+        # batches once a second): follow from a little before; each line shows once.
+        since = max(started - CATCH_UP, filters.pop("since", None) or 0.0)
         async for batch in follow_lines(engine, **filters, since=since):
             for line in batch:
                 if line.id not in printed:

@@ -141,24 +141,53 @@ async def follow_lines(
     poll: float = FOLLOW_POLL,
 ) -> AsyncGenerator[list[LogLine], None]:
     """Batches of new lines as they are written, from every node, forever: from ``since``
-    (default now), and only lines after ``after_id`` when given. A line committed late by
-    another node, or handed over late by a thread, is still shown once."""
+    (default now), and only lines after ``after_id`` when given.
+
+    Each poll reads the lines after the highest id shown (in id order, the index's), and then
+    the ids of the last FOLLOW_WINDOW seconds up to it: a line another node (or a thread) handed
+    over late has a lower id than lines already shown, and is still shown once."""
     table = logs_table
     origin = time.time() if since is None else since
-    low = origin
-    shown: dict[int, float] = {}  # id -> time, of lines shown that a later poll can see again
+    newest = after_id if after_id is not None else -1  # the highest id shown
+    shown: dict[int, float] = {}  # id -> time, of lines at or below `newest` shown
+    first = True
     while True:
-        query = _filtered(function, request_id, level, low).order_by(table.c.time, table.c.id)
-        if after_id is not None:
-            query = query.where(table.c.id > after_id)
+        low = origin if first else max(origin, time.time() - FOLLOW_WINDOW)
+        first = False
+        query = _filtered(function, request_id, level, low)
         async with engine.connect() as connection:
-            rows = (await connection.execute(query.limit(MAX_LIMIT))).all()
-        fresh = [LogLine(*row) for row in rows if row.id not in shown]
+            fresh_rows = (
+                await connection.execute(
+                    query.where(table.c.id > newest).order_by(table.c.id).limit(MAX_LIMIT)
+                )
+            ).all()
+            late_ids = [
+                row.id
+                for row in (
+                    await connection.execute(
+                        _ids(function, request_id, level, low).where(table.c.id <= newest)
+                    )
+                ).all()
+                if row.id not in shown and (after_id is None or row.id > after_id)
+            ]
+            late_rows = (
+                (await connection.execute(query.where(table.c.id.in_(late_ids)))).all()
+                if late_ids
+                else []
+            )
+        fresh = [LogLine(*row) for row in [*late_rows, *fresh_rows]]
         for line in fresh:
             shown[line.id] = line.time
+            newest = max(newest, line.id)
         if fresh:
             yield fresh
-        low = max(origin, time.time() - FOLLOW_WINDOW)
         for seen in [i for i, t in shown.items() if t < low]:
             del shown[seen]
         await asyncio.sleep(poll)
+
+
+def _ids(
+    function: str | None, request_id: str | None, level: int | None, since: float
+) -> Select[Any]:
+    """The ids of the matching lines since ``since``."""
+    return _filtered(function, request_id, level, since).with_only_columns(logs_table.c.id)

@@ -2,21 +2,24 @@
 
 Lines are taken from the logging handler in any thread (a list append) and written in batches
 by one task on the server's loop, off the request path. Limits keep a chatty function from
-filling the disk or the memory: at most ``LINES_PER_SECOND`` kept per function per second
-and ``MAX_PENDING`` waiting in all, at most ``MAX_LINES_PER_FUNCTION`` kept per function, and
-each line cut at ``MAX_MESSAGE`` characters. Lines over a limit still reach the server log;
-how many were not kept is said there. Everything older than ``--log-retention`` is swept.
+filling the disk or the memory: at most ``LINES_PER_SECOND`` kept per function per second,
+``MAX_PENDING`` lines (``MAX_PENDING_BYTES`` characters) waiting in all,
+``MAX_LINES_PER_FUNCTION`` kept per function, and each line cut at ``MAX_MESSAGE``
+characters. Lines over a limit still reach the server log; how many were not kept is said
+there. Everything older than ``--log-retention`` is swept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -34,6 +37,7 @@ log = logging.getLogger("laf_py")
 FLUSH_INTERVAL = 1.0  # seconds a line may wait to be written with others (fewer, larger batches)
 BATCH = 500  # pending lines that start a write at once
 MAX_PENDING = 20_000  # lines waiting for the database, all functions together
+MAX_PENDING_BYTES = 32 * 1024 * 1024  # ... and their characters: long lines fill memory sooner
 LINES_PER_SECOND = 1_000  # lines kept per function per second; more are counted, not kept
 MAX_LINES_PER_FUNCTION = 100_000  # newest lines kept per function; older ones are swept
 MAX_MESSAGE = 16 * 1024  # characters of one line (its traceback included)
@@ -47,6 +51,10 @@ class LogStore:
 
     def __init__(self, sql: SQLStore, retention: float) -> None:
         self.retention = retention
+        # What calls and records carry instead of the store itself: a record must stay
+        # picklable (QueueHandler, SocketHandler), and a lock is not.
+        self.key = next(_keys)
+        _stores[self.key] = self
         self.node = f"{socket.gethostname()}/{os.getpid()}"
         self._engine: AsyncEngine = sql.engine
         # SQLite: take the write lock when the transaction begins (the busy timeout works).
@@ -57,6 +65,7 @@ class LogStore:
         )
         self._lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []
+        self._pending_bytes = 0
         self._this_second = 0
         self._kept_this_second: Counter[str] = Counter()
         self._not_kept: Counter[str] = Counter()
@@ -78,11 +87,13 @@ class LogStore:
                 self._kept_this_second.clear()
             if (
                 len(self._pending) >= MAX_PENDING
+                or self._pending_bytes + len(message) > MAX_PENDING_BYTES
                 or self._kept_this_second[function] >= LINES_PER_SECOND
             ):
                 self._not_kept[function] += 1
                 return
             self._kept_this_second[function] += 1
+            self._pending_bytes += len(message)
             self._pending.append(
                 {
                     "time": now,
@@ -94,9 +105,10 @@ class LogStore:
                 }
             )
             waiting = len(self._pending)
-        if (waiting == 1 or waiting == BATCH) and self._loop is not None:
+        loop = self._loop  # read once: stop() may clear it from the loop's thread meanwhile
+        if (waiting == 1 or waiting == BATCH) and loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: stop() flushed
-                self._loop.call_soon_threadsafe(self._wake_writer)
+                loop.call_soon_threadsafe(self._wake_writer)
 
     # -- writing (the server's loop) ----------------------------------------------------------
 
@@ -142,10 +154,17 @@ class LogStore:
         async with self._writing:  # batches go in in order
             with self._lock:
                 rows, self._pending = self._pending, []
+                self._pending_bytes = 0
             if rows:
+                install_store_handler()  # a logging.config call in __init__ may have removed it
                 try:
                     async with self._writer.begin() as connection:
                         await connection.execute(logs_table.insert(), rows)
+                except asyncio.CancelledError:
+                    with self._lock:  # stopping: stop() writes them, in their order
+                        self._pending[:0] = rows
+                        self._pending_bytes += sum(len(row["message"]) for row in rows)
+                    raise
                 except Exception as exc:
                     for row in rows:
                         self._not_kept[row["function"]] += 1
@@ -184,12 +203,17 @@ class LogStore:
         async with self._writer.begin() as connection:
             result = await connection.execute(delete(table).where(table.c.time < cutoff))
             deleted += result.rowcount or 0
-            crowded = await connection.execute(
-                select(table.c.function)
-                .group_by(table.c.function)
-                .having(func.count() > MAX_LINES_PER_FUNCTION)
-            )
-            for (function,) in crowded.all():
+        # Counted outside a write transaction: the scan must not hold the write lock.
+        async with self._engine.connect() as connection:
+            crowded = (
+                await connection.execute(
+                    select(table.c.function)
+                    .group_by(table.c.function)
+                    .having(func.count() > MAX_LINES_PER_FUNCTION)
+                )
+            ).all()
+        async with self._writer.begin() as connection:
+            for (function,) in crowded:
                 oldest_kept = (
                     select(table.c.id)
                     .where(table.c.function == function)
@@ -226,6 +250,9 @@ def _message_of(record: logging.LogRecord) -> str:
         record.exc_text = _FORMATTER.formatException(record.exc_info)
     if record.exc_text:
         message = f"{message}\n{record.exc_text}"
+    # What every database takes: no lone surrogates (a file name os.fsdecode made), no NUL
+    # (PostgreSQL text): one such line must not fail the batch it is written in.
+    message = message.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
     if len(message) > MAX_MESSAGE:
         cut = len(message) - MAX_MESSAGE
         message = f"{message[:MAX_MESSAGE]}... ({cut} more characters not kept)"
@@ -235,11 +262,16 @@ def _message_of(record: logging.LogRecord) -> str:
 _FORMATTER = logging.Formatter()
 
 
+_keys = itertools.count(1)
+_stores: weakref.WeakValueDictionary[int, LogStore] = weakref.WeakValueDictionary()
+
+
 class _StoreHandler(logging.Handler):
     """Hands each record written by a call to the store of that call's server."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        sink = getattr(record, "laf_sink", None)
+        key = getattr(record, "laf_sink", None)
+        sink = _stores.get(key) if key is not None else None
         if sink is None:
             return
         try:
@@ -252,8 +284,11 @@ _handler: _StoreHandler | None = None
 
 
 def install_store_handler() -> None:
-    """Put the store handler on the root logger (once per process)."""
+    """Put the store handler on the root logger (once, and again if a logging configuration
+    the functions made removed it)."""
     global _handler
     if _handler is None:
         _handler = _StoreHandler()
-        logging.getLogger().addHandler(_handler)
+    root = logging.getLogger()
+    if _handler not in root.handlers:
+        root.addHandler(_handler)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-from .base import BaseHandler, host_name
+from .base import BaseHandler, host_name, is_loopback
 
 __all__ = ["AdminHandler", "admin_refusal"]
 
@@ -50,9 +50,11 @@ def _same_origin(origin: str, served_host: str | None) -> bool:
     parts = urlsplit(origin)
     if not parts.scheme or not parts.netloc:
         return False  # "null" (a sandboxed page, a file://) or junk
-    return host_name(parts.netloc) == host_name(served_host) and (
-        parts.port == _port_of(served_host)
-        or (parts.port is None and _port_of(served_host) is None)
+    port = _origin_port(parts)
+    return (
+        port != _NO_PORT
+        and host_name(parts.netloc) == host_name(served_host)
+        and port == _port_of(served_host)
     )
 
 
@@ -63,6 +65,38 @@ def _port_of(host: str) -> int | None:
         return None
 
 
+_NO_PORT = -1  # an Origin whose port is not a port (http://x:99999): never this server's
+
+
+def _origin_port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return _NO_PORT
+
+
+# Headers a proxy adds. Without --trust-proxy-headers a request carrying one came through a
+# proxy on this machine (nginx, a tunnel): its loopback address says nothing about the client.
+FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "Forwarded")
+
+
+def came_through_proxy(handler: BaseHandler) -> bool:
+    """A request a local proxy relayed, when laf-py was not told to trust proxies."""
+    headers = handler.request.headers
+    return not handler.runtime.settings.trust_proxy_headers and any(
+        name in headers for name in FORWARDING_HEADERS
+    )
+
+
+def _is_loopback_host(served_host: str | None) -> bool:
+    """The request named this machine (localhost, 127.0.0.1, ...): not a public name whose DNS
+    points here (DNS rebinding with --host 0.0.0.0)."""
+    if served_host is None:
+        return True  # HTTP/1.0 without Host: no browser sends that
+    name = host_name(served_host)
+    return name is not None and is_loopback(name)
+
+
 def admin_refusal(
     *,
     admin_token: str | None,
@@ -71,8 +105,12 @@ def admin_refusal(
     origin: str | None,
     fetch_site: str | None,
     served_host: str | None,
+    proxied: bool = False,
 ) -> tuple[int, str] | None:
-    """(status, message) when a request may not use an admin endpoint, else None."""
+    """(status, message) when a request may not use an admin endpoint, else None.
+
+    Without a token: a loopback client that asked for this machine by a loopback name, and
+    not through a proxy laf-py was not told about (``proxied``)."""
     if fetch_site == "cross-site" or (origin is not None and not _same_origin(origin, served_host)):
         return 403, CROSS_ORIGIN
     if admin_token is not None:
@@ -82,7 +120,7 @@ def admin_refusal(
         ):
             return 401, NEEDS_TOKEN
         return None
-    if not _is_loopback_address(remote_ip):
+    if proxied or not _is_loopback_address(remote_ip) or not _is_loopback_host(served_host):
         return 403, LOOPBACK_ONLY
     return None
 
@@ -102,6 +140,7 @@ class AdminHandler(BaseHandler):
             origin=headers.get("Origin"),
             fetch_site=headers.get("Sec-Fetch-Site"),
             served_host=self.served_host,
+            proxied=came_through_proxy(self),
         )
         if refused is None:
             return

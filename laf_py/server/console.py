@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .admin import admin_refusal
+from .admin import admin_refusal, came_through_proxy
 from .base import BaseHandler
 from .console_api import (
     FunctionsHandler,
@@ -73,6 +73,7 @@ class ConsoleFileHandler(BaseHandler):
             origin=headers.get("Origin"),
             fetch_site=headers.get("Sec-Fetch-Site"),
             served_host=self.served_host,
+            proxied=came_through_proxy(self),
         )
         if refused is not None:
             status, message = refused

@@ -16,15 +16,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 
 from ..core.stream import PING, PING_INTERVAL, SSE_TYPE, Event, encode_event
-from ..logs.lines import (
-    DEFAULT_LIMIT,
-    FOLLOW_WINDOW,
-    LogLine,
-    follow_lines,
-    parse_level,
-    parse_since,
-    read_lines,
-)
+from ..logs.lines import DEFAULT_LIMIT, LogLine, follow_lines, parse_level, parse_since
 from ..logs.store import LogStore
 from .admin import AdminHandler
 
@@ -100,14 +92,13 @@ class LogStreamHandler(_LogsBase):
             await self.flush()
             # Lines are written a moment after they are made (in batches, from every node),
             # so following starts a little back in time; the follower shows each line once.
-            since, after_id = time.time() - CATCH_UP, None
+            asked_since = filters.pop("since", None)
+            since = time.time() - CATCH_UP if asked_since is None else asked_since
+            after_id = None
             last = self.request.headers.get("Last-Event-ID", "")
-            if last.isdigit():  # a reconnect: what was written since that line first
+            if last.isdigit():  # a reconnect: every line after that one (up to MAX_LIMIT) first
                 await store.flush()
-                missed = await read_lines(store.engine, **filters, after_id=int(last))
-                await self._send(missed)
-                after_id = missed[-1].id if missed else int(last)
-                since = time.time() - FOLLOW_WINDOW
+                since, after_id = asked_since or 0.0, int(last)
             await self._follow(store, filters, since, after_id)
         except StreamClosedError:
             pass
