@@ -131,11 +131,19 @@ class AdminHandler(BaseHandler):
     Subclasses do not define ``prepare``; they implement ``get``/``post`` as usual.
     """
 
+    # A page that holds no data and asks for the token itself (the console's): a browser
+    # cannot put a Bearer token on a navigation, so only the rest of the rule applies to it.
+    asks_for_the_token = False
+
     def prepare(self) -> None:
         headers = self.request.headers
+        token = self.runtime.settings.admin_token
+        given = headers.get("Authorization")
+        if self.asks_for_the_token and token is not None:
+            given = f"Bearer {token}"
         refused = admin_refusal(
-            admin_token=self.runtime.settings.admin_token,
-            authorization=headers.get("Authorization"),
+            admin_token=token,
+            authorization=given,
             remote_ip=self.request.remote_ip,
             origin=headers.get("Origin"),
             fetch_site=headers.get("Sec-Fetch-Site"),

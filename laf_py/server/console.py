@@ -8,9 +8,9 @@ only like the API. Either way it is same-origin only, never framed, and its Cont
 Policy lets nothing run but its own scripts from this server: a function's answer shown in the
 run panel is text, and even a bug that put it into HTML could not run it.
 
-That is why the page handler is not an :class:`~.admin.AdminHandler` (whose rule asks every
-request for the token) but applies the same :func:`~.admin.admin_refusal` with the token
-taken as given; every ``/_/api/`` handler of the console is an ``AdminHandler``.
+That is why the page handler is an :class:`~.admin.AdminHandler` that ``asks_for_the_token``
+(the rest of the rule applies, the token is taken as given); every ``/_/api/`` handler of the
+console is a plain ``AdminHandler``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .admin import admin_refusal, came_through_proxy
-from .base import BaseHandler
+from .admin import AdminHandler
 from .console_api import (
     FunctionsHandler,
     InfoHandler,
@@ -58,38 +57,13 @@ CSP = "; ".join(
 )
 
 
-class ConsoleFileHandler(BaseHandler):
+class ConsoleFileHandler(AdminHandler):
     """``GET /_/console`` and its assets, read from the package (``laf_py/console/``)."""
 
-    def prepare(self) -> None:
-        headers = self.request.headers
-        token = self.runtime.settings.admin_token
-        refused = admin_refusal(
-            admin_token=token,
-            # The page is a shell: with a token set, the token is asked for by the page and
-            # checked on each API call, so here only the same-origin rule applies.
-            authorization=None if token is None else f"Bearer {token}",
-            remote_ip=self.request.remote_ip,
-            origin=headers.get("Origin"),
-            fetch_site=headers.get("Sec-Fetch-Site"),
-            served_host=self.served_host,
-            proxied=came_through_proxy(self),
-        )
-        if refused is not None:
-            status, message = refused
-            log.warning(
-                "refused %s %s from %s: %s",
-                self.request.method,
-                self.request.path,
-                self.request.remote_ip,
-                message,
-            )
-            self.send_error_json(status, message)
+    asks_for_the_token = True
 
     def set_default_headers(self) -> None:
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("X-Frame-Options", "DENY")
+        super().set_default_headers()  # no-store, nosniff, DENY
         self.set_header("Content-Security-Policy", CSP)
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Cross-Origin-Opener-Policy", "same-origin")
