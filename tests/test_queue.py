@@ -307,7 +307,9 @@ queue_concurrency = 20
 async def main(ctx):
     with open(os.environ["TALLY_FILE"], "a") as tally:
         tally.write(f"{ctx.params['job_id']} {os.getpid()}\\n")
-    await asyncio.sleep(0.002)
+    # Long enough that one worker alone needs seconds for them all (1000 / 20 x 50 ms): the
+    # other, even if no push woke it, finds jobs at its next look (once a second).
+    await asyncio.sleep(0.05)
 """
 
 COUNT = """
