@@ -17,7 +17,8 @@ Tornado's HTTPServer, with what a public server needs around it:
 - **431 for a request head over ``--max-header-size``**, where Tornado closes the connection
   without a word; and the JSON error body for the bare ``400 Bad Request`` Tornado writes for a
   request it cannot parse.
-- Every request passes :class:`~laf_py.server.http.RequestGuard` before routing.
+- Every request passes :class:`~laf_py.server.http.RequestGuard` before routing, except a
+  plain ``/fn/`` call, which :mod:`~laf_py.server.fast_http` answers without routing.
 
 The header, idle and body timeouts are Tornado's own (``idle_connection_timeout``,
 ``body_timeout``): each is one deadline for the whole head or body, so a client trickling a
@@ -42,6 +43,7 @@ from tornado.log import access_log, app_log
 
 from ..core.context import new_request_id
 from ..core.response import error_body
+from .fast_http import FastConnection, FastFunctions
 from .http import RequestGuard
 
 __all__ = [
@@ -193,6 +195,12 @@ class _HTTPStream(IOStream):
         self._reading_head = False
         return super().read_until(delimiter, max_bytes)
 
+    def unread(self, data: bytes) -> None:
+        """Put back a request head that was read (fast_http: a request left to Tornado),
+        to be read again as if it had not been."""
+        self._read_buffer[:0] = data
+        self._read_buffer_size += len(data)
+
     def write(self, data: bytes | memoryview) -> Any:
         if data == _TORNADO_BAD_REQUEST:  # Tornado logged why, and closes after it
             data = _canned(400, "Bad Request", "Malformed HTTP request")
@@ -228,9 +236,16 @@ class HTTPServer(tornado.httpserver.HTTPServer):
     (``max_connections``), 431 for oversized heads and :class:`RequestGuard` on every
     request. Plain TCP only (laf-py does not terminate TLS)."""
 
-    def initialize(self, *args: Any, max_connections: int = 1000, **kwargs: Any) -> None:
+    def initialize(
+        self,
+        *args: Any,
+        max_connections: int = 1000,
+        functions: FastFunctions | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().initialize(*args, **kwargs)
         assert self.ssl_options is None, "laf-py serves plain TCP"
+        self.functions = functions  # plain /fn/ calls without a RequestHandler (fast_http.py)
         self.max_connections = max_connections
         self.open_connections = 0
         self._acceptors: list[_Acceptor] = []
@@ -290,7 +305,15 @@ class HTTPServer(tornado.httpserver.HTTPServer):
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         self.open_connections += 1
-        super().handle_stream(stream, address)
+        if self.functions is None:
+            super().handle_stream(stream, address)
+            return
+        context = tornado.httpserver._HTTPRequestContext(
+            stream, address, self.protocol, self.trusted_downstream
+        )
+        conn = FastConnection(stream, self.conn_params, context, self.functions, self.xheaders)
+        self._connections.add(conn)
+        conn.start_serving(self)
 
     def on_close(self, server_conn: object) -> None:
         self.open_connections -= 1

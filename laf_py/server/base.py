@@ -9,7 +9,7 @@ import inspect
 import ipaddress
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "HostPolicy",
     "NotFoundHandler",
     "host_name",
+    "served_host",
 ]
 
 log = logging.getLogger("laf_py")
@@ -102,6 +103,16 @@ class HostPolicy:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self._patterns)
 
 
+def served_host(headers: Mapping[str, str], trust_proxy_headers: bool) -> str | None:
+    """The host a request asked for: ``Host``, or with ``--trust-proxy-headers`` the last
+    value of the ``X-Forwarded-Host`` the proxy in front set. None without either."""
+    if trust_proxy_headers and "X-Forwarded-Host" in headers:
+        forwarded = headers["X-Forwarded-Host"].rsplit(",", 1)[-1].strip()
+        if forwarded:
+            return forwarded
+    return headers["Host"] if "Host" in headers else None  # noqa: SIM401 (HTTPHeaders.get raises inside)
+
+
 @functools.lru_cache(maxsize=8)
 def _policy(allowed_hosts: tuple[str, ...] | None, bound: str) -> HostPolicy:
     if allowed_hosts is None:
@@ -172,12 +183,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def served_host(self) -> str | None:
         """The host the client asked for: ``Host``, or with ``--trust-proxy-headers`` the
         ``X-Forwarded-Host`` the proxy in front set (its last value). None without either."""
-        headers = self.request.headers
-        if self.runtime.settings.trust_proxy_headers and "X-Forwarded-Host" in headers:
-            forwarded = headers["X-Forwarded-Host"].rsplit(",", 1)[-1].strip()
-            if forwarded:
-                return forwarded
-        return headers.get("Host")
+        return served_host(self.request.headers, self.runtime.settings.trust_proxy_headers)
 
     def refuse_disallowed_host(self) -> bool:
         """Answer 400 (and return True) when the request names a host this server does not

@@ -26,7 +26,7 @@ from ..cloud.tokens import bearer_token, hide_tokens, hide_tokens_in_uri
 from ..core import body as bodies
 from ..core.context import FunctionContext, new_request_id
 from ..core.failures import report_failure
-from ..core.registry import DEFAULT, Function, is_public_name
+from ..core.registry import DEFAULT, Function, FunctionRegistry, is_public_name
 from ..core.response import error_body, render
 from ..core.stream import is_stream
 from ..exceptions import HTTPError
@@ -43,6 +43,7 @@ __all__ = [
     "content_length",
     "drain_limit",
     "framing_problem",
+    "function_for",
     "function_name",
     "method_for",
     "name_from_path",
@@ -124,13 +125,7 @@ class FunctionHandler(BaseHandler):
         return False
 
     def _function_for(self, name: str) -> Function | None:
-        """The function serving ``/fn/<name>``: its own file, or ``__default__`` for a name
-        that is well-formed but has none (Laf's fallback; reserved ``_`` names never)."""
-        registry = self.runtime.registry
-        function = registry.public(name)
-        if function is None and is_public_name(name):
-            function = registry.get(DEFAULT)
-        return function
+        return function_for(self.runtime.registry, name)
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:
@@ -228,19 +223,57 @@ class FunctionHandler(BaseHandler):
             user=user,
             request_id=self.request_id,
         )
-        returned = False  # the invoker counts the failures of the call itself
         try:
             ctx.body = self._body()
             result, _ = await self.runtime.invoker.call(function, ctx, interceptor)
-            returned = True
+        except Exception as exc:  # the invoker counts the failures of the call itself
+            return self._failed(exc, name, ctx)
+        await self._respond(result, function, name, ctx)
+
+    async def finish_call(
+        self,
+        function: Function,
+        name: str,
+        ctx: FunctionContext,
+        result: Any = None,
+        failure: Exception | None = None,
+    ) -> None:
+        """Answer a call that :mod:`~laf_py.server.fast_http` made without a handler but
+        does not answer itself (a stream, an error, a response out of the ordinary), as
+        :meth:`get` would have: ``result`` is what the function returned, or ``failure``
+        what the call raised. The request began there (Activity.begin_request); it ends here."""
+        self._function_label = function.name
+        self._request_id = ctx.request_id
+        self.set_header("X-Request-Id", ctx.request_id)
+        try:
+            try:
+                if failure is not None:
+                    self._failed(failure, name, ctx)
+                else:
+                    await self._respond(result, function, name, ctx)
+                if not self._finished:
+                    self.finish()
+            except Exception as exc:  # as RequestHandler._execute does
+                self._handle_request_exception(exc)
+        finally:
+            self.activity.end_request()
+
+    def _failed(self, exc: Exception, name: str, ctx: FunctionContext) -> None:
+        status, message = report_failure(exc, name, ctx.request_id, ctx=ctx)
+        self.send_error_json(status, message)
+
+    async def _respond(
+        self, result: Any, function: Function, name: str, ctx: FunctionContext
+    ) -> None:
+        """Write what the function returned."""
+        try:
             if is_stream(stream_body(result)):
                 return await self._stream(result, ctx, function.timeout)
             rendered = render(result, ctx.response_if_touched)
         except Exception as exc:
-            status, message = report_failure(exc, name, ctx.request_id, ctx=ctx)
-            if returned and self.runtime.metrics is not None:  # e.g. a value that is not JSON
+            if self.runtime.metrics is not None:  # e.g. a value that is not JSON
                 self.runtime.metrics.function_failed(function.name, exc)
-            return self.send_error_json(status, message)
+            return self._failed(exc, name, ctx)
 
         self.set_status(rendered.status)
         for header, value in rendered.headers.items():
@@ -337,6 +370,15 @@ class FunctionHandler(BaseHandler):
                 "body": file.body,
             }
         return form
+
+
+def function_for(registry: FunctionRegistry, name: str) -> Function | None:
+    """The function serving ``/fn/<name>``: its own file, or ``__default__`` for a name that
+    is well-formed but has none (Laf's fallback; reserved ``_`` names never)."""
+    function = registry.public(name)
+    if function is None and is_public_name(name):
+        function = registry.get(DEFAULT)
+    return function
 
 
 def request_header(request: tornado.httputil.HTTPServerRequest, name: str) -> str | None:

@@ -24,6 +24,7 @@ from . import accept
 from .activity import Activity
 from .app import make_app
 from .banner import banner
+from .fast_http import FastFunctions
 from .http import drain_limit
 from .keepalive import Keepalive
 
@@ -78,8 +79,11 @@ class Server:
             self._close_listeners()
             await self.runtime.stop()
             raise
+        app = make_app(self.runtime, self.activity, self.keepalive)
         self._http = accept.HTTPServer(
-            make_app(self.runtime, self.activity, self.keepalive),
+            app,
+            # Plain /fn/ calls without a RequestHandler (server/fast_http.py).
+            functions=FastFunctions(app, self.runtime, self.activity),
             # X-Real-Ip / X-Forwarded-For only from a proxy we are told to trust: a client
             # could otherwise claim any address.
             xheaders=self.settings.trust_proxy_headers,
