@@ -69,6 +69,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] | None = None
     require_token_exp: bool = False
     event_loop: str = "auto"
+    server: str = "tornado"  # or "uvicorn": laf_py.asgi under uvicorn
 
     def __post_init__(self) -> None:
         functions = self.functions_dir or self.app_dir / "functions"
@@ -173,6 +174,11 @@ class Settings:
             raise ConfigError(
                 "--event-loop uvloop: uvloop is not installed; pip install uvloop, or set "
                 "LAF_EVENT_LOOP=auto"
+            )
+        if self.server == "uvicorn" and importlib.util.find_spec("uvicorn") is None:
+            raise ConfigError(
+                "--server uvicorn: uvicorn is not installed; pip install 'laf-py[uvicorn]', "
+                "or set LAF_SERVER=tornado"
             )
         if self.secret is not None and len(self.secret) < MIN_SECRET_LENGTH:
             raise ConfigError(

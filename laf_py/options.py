@@ -21,6 +21,7 @@ __all__ = [
     "MIN_ADMIN_TOKEN_LENGTH",
     "MIN_SECRET_LENGTH",
     "OPTIONS",
+    "SERVERS",
     "Option",
 ]
 
@@ -28,6 +29,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MIN_ADMIN_TOKEN_LENGTH = 16
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+SERVERS = ("tornado", "uvicorn")
 MIB = 1024 * 1024
 MIN_SECRET_LENGTH = 32  # HS256 wants a key of at least 256 bits (RFC 7518, 3.2)
 
@@ -223,6 +225,12 @@ def _log_level(raw: str) -> str:
 
 def _event_loop(raw: str) -> str:
     if raw.lower() not in EVENT_LOOPS:
+        raise ValueError(raw)
+    return raw.lower()
+
+
+def _server(raw: str) -> str:
+    if raw.lower() not in SERVERS:
         raise ValueError(raw)
     return raw.lower()
 
@@ -566,5 +574,13 @@ OPTIONS: tuple[Option, ...] = (
         _event_loop,
         "|".join(EVENT_LOOPS),
         "event loop: uvloop, asyncio's own, or auto = uvloop when installed (default auto)",
+    ),
+    Option(
+        "server",
+        "--server",
+        "LAF_SERVER",
+        _server,
+        "|".join(SERVERS),
+        "the HTTP server: Tornado, or uvicorn running laf-py as an ASGI app (default tornado)",
     ),
 )

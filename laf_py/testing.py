@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection as AsyncConnection
     from websockets.sync.client import ClientConnection as SyncConnection
 
+    from .asgi.server import UvicornServer
     from .server import Server
 
 __all__ = [
@@ -598,7 +599,7 @@ class LafTestServer:
     """
 
     def __init__(self, functions_dir: str | Path, **settings: Any) -> None:
-        from .server import Server
+        from .server.runner import create_server
 
         settings.setdefault("host", "127.0.0.1")
         settings.setdefault("port", 0)
@@ -609,7 +610,9 @@ class LafTestServer:
             settings["data_dir"] = Path(self._scratch.name)
         functions = Path(functions_dir)
         settings.setdefault("app_dir", functions.parent)
-        self.server: Server = Server(Settings(functions_dir=functions, **settings))
+        self.server: Server | UvicornServer = create_server(
+            Settings(functions_dir=functions, **settings)
+        )
 
     @property
     def url(self) -> str:

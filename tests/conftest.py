@@ -88,12 +88,36 @@ def functions_dir(tmp_path: Path) -> Path:
     return folder
 
 
+# The servers laf-py runs on: its own (Tornado), and its ASGI app under uvicorn. A test module
+# marked ``pytestmark = pytest.mark.both_servers`` runs each test on both; a test of it that
+# is about one server's own behaviour (HTTP parsing, frames) says so with
+# ``@pytest.mark.tornado_only("why")``.
+SERVERS = ("tornado", "uvicorn")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server_kind" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("both_servers") is None:
+        return
+    if metafunc.definition.get_closest_marker("tornado_only") is not None:
+        return
+    metafunc.parametrize("server_kind", SERVERS)
+
+
 @pytest.fixture
-def serve() -> Callable[..., Any]:
+def server_kind() -> str:
+    """The server ``serve`` starts: tornado, unless the test runs on both."""
+    return "tornado"
+
+
+@pytest.fixture
+def serve(server_kind: str) -> Callable[..., Any]:
     """``async with serve(folder, **settings) as server:`` a real in-process server."""
 
     @asynccontextmanager
     async def start(folder: Path, **settings: Any) -> AsyncIterator[LafTestServer]:
+        settings.setdefault("server", server_kind)
         # The test's tmp_path is the app folder: its data lands beside the functions.
         settings.setdefault("data_dir", folder.parent / ".laf")
         async with LafTestServer(folder, **settings) as server:
@@ -189,7 +213,7 @@ def run_to_exit(
 
 
 @pytest.fixture
-def cli_server() -> Iterator[Callable[..., CliServer]]:
+def cli_server(server_kind: str) -> Iterator[Callable[..., CliServer]]:
     """Start ``python -m laf_py serve --port 0 ...`` and wait for its "listening on" line.
     Without ``cwd`` it runs in a new empty folder (:func:`start_cli`)."""
     started: list[CliServer] = []
@@ -200,7 +224,8 @@ def cli_server() -> Iterator[Callable[..., CliServer]]:
         cwd: Path | None = None,
         nofile: tuple[int, int] | None = None,
     ) -> CliServer:
-        process = start_cli("serve", "--port", "0", *args, env=env, cwd=cwd, nofile=nofile)
+        serve = ("serve", "--port", "0", "--server", server_kind)
+        process = start_cli(*serve, *args, env=env, cwd=cwd, nofile=nofile)
         lines: list[str] = []
         assert process.stdout is not None
         deadline = time.monotonic() + 20

@@ -24,6 +24,8 @@ from laf_py.server.console import ASSETS_DIR, CSP
 
 from .conftest import _postgres_database, _reset_postgres, wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 ADMIN_TOKEN = "console-admin-token-0123456789"
 SECRET = "console-secret-" + "s" * 40
 DB_PASSWORD = "db-pass-hunter2-console"

@@ -15,6 +15,8 @@ from laf_py import cloud
 
 from .conftest import write_function
 
+pytestmark = pytest.mark.both_servers
+
 COUNTED = """
 from laf_py import cloud
 

@@ -31,6 +31,8 @@ from laf_py.testing import TestClient
 
 from .conftest import run_to_exit, wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 SECRET = "h" * 40
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -129,7 +131,11 @@ async def send_raw(port: int, data: bytes) -> bytes:
 
 
 async def test_no_valid_token_reaches_any_log_line(
-    serve, functions_dir: Path, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    serve,
+    functions_dir: Path,
+    http: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+    server_kind: str,
 ) -> None:
     """Every way a client may put a valid token in a request — query parameter under a
     percent-encoded name, after ``;``, repeated, in the Authorization header, in the path,
@@ -172,7 +178,9 @@ async def test_no_valid_token_reaches_any_log_line(
         status, _, _ = await raw_request(port, f"/fn/whoami?token={next(t)}", "evil.example")
         assert status == 400
         status, _, _ = await raw_request(port, "/fn/whoami", "localhost", method=next(t))
-        assert status == 405  # a method is any token of characters, dots included
+        # A method is any token of characters, dots included (uvicorn's parser knows a
+        # fixed list of methods, and refuses the others itself).
+        assert status == (405 if server_kind == "tornado" else 400)
         answer = await send_raw(port, f"GET /fn/whoami {next(t)}\r\nHost: x\r\n\r\n".encode())
         assert answer.startswith(b"HTTP/1.1 400")
         broken = (
@@ -205,7 +213,8 @@ async def test_no_valid_token_reaches_any_log_line(
         if not record.name.startswith(clients)
     )
     assert "token=***" in text and "/fn/***" in text  # the requests were logged, masked
-    if tornado.version_info >= (6, 5):  # before 6.5 Tornado did not check header values
+    # Before 6.5 Tornado did not check header values; uvicorn refuses them without a word.
+    if tornado.version_info >= (6, 5) and server_kind == "tornado":
         assert "Invalid header value 'Bearer ***" in text  # Tornado's own line, masked
     for token in tokens:
         for shown in (text, unquote(text), unquote(unquote(text))):

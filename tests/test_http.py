@@ -19,6 +19,8 @@ from laf_py import cloud
 
 from .conftest import EXAMPLES, wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 # A function that shows ctx.body as a Python literal, so types survive (str vs bytes).
 BODY_REPR = "def main(ctx):\n    return repr(ctx.body)\n"
 

@@ -21,6 +21,8 @@ from laf_py import cloud
 
 from .conftest import wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 MISSING = "<missing>"
 
 SET_ASYNC = """

@@ -21,7 +21,9 @@ from websockets.exceptions import ConnectionClosed
 from laf_py import cloud
 
 from .conftest import frame_matching, wait_until, write_function
-from .test_limits import CLOSE, raw_client
+from .test_limits import CLOSE, raw_client, too_big_reason
+
+pytestmark = pytest.mark.both_servers
 
 # The Less flow: the connection event stores the socket id with one database write before it
 # greets the client, as a real app authorising a user does.
@@ -182,7 +184,9 @@ async def test_a_pong_counts_however_long_the_event_in_flight_runs(serve, functi
         assert "closed" not in cloud.shared
 
 
-async def test_the_close_event_hears_1009_for_a_message_too_big(serve, functions_dir: Path):
+async def test_the_close_event_hears_1009_for_a_message_too_big(
+    serve, functions_dir: Path, server_kind: str
+):
     """The server closes a connection for a message over --max-message-size: its close event
     says 1009, as the client was told."""
     write_function(functions_dir, "__websocket__", SLOW_MESSAGE)
@@ -193,7 +197,8 @@ async def test_the_close_event_hears_1009_for_a_message_too_big(serve, functions
                 await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
         await wait_until(lambda: "closed" in cloud.shared)
-        assert cloud.shared["closed"] == {"code": 1009, "reason": "message too big"}
+        reason = too_big_reason(server_kind, 100)
+        assert cloud.shared["closed"] == {"code": 1009, "reason": reason}
 
 
 REJECT_UNLESS_TOKEN = """
@@ -279,16 +284,20 @@ async def test_protocol_violations_fail_the_connection_with_the_rfc_code(
 
 
 @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])
-async def test_invalid_close_codes_from_the_client_get_1002(serve, functions_dir: Path, code: int):
+async def test_invalid_close_codes_from_the_client_get_1002(
+    serve, functions_dir: Path, code: int, server_kind: str
+):
     """A close code a client may not send is a protocol error, not a valid close."""
     write_function(functions_dir, "__websocket__", ECHO)
     async with serve(functions_dir) as server:
         frame = masked(0x88, code.to_bytes(2, "big") + b"bye")
         assert await raw_close_code(server.server.port, frame) == (CLOSE, 1002)
         await wait_until(lambda: cloud.shared.get("closes"))
-        assert cloud.shared["closes"] == [{"code": 1002, "reason": f"invalid close code {code}"}]
+        reason = f"invalid close code {code}" if server_kind == "tornado" else "invalid status code"
+        assert cloud.shared["closes"] == [{"code": 1002, "reason": reason}]
 
 
+@pytest.mark.tornado_only("a limit of laf-py's own frame reader; uvicorn bounds the size only")
 async def test_a_message_in_too_many_fragments_is_refused(serve, functions_dir: Path):
     """100,000 one-byte fragments (a message of 100 KB, under the size limit) are refused
     with 1009 long before the last one, not assembled."""
@@ -309,6 +318,7 @@ async def test_a_valid_close_is_echoed_and_heard_by_the_close_event(serve, funct
         assert cloud.shared["closes"] == [{"code": 4000, "reason": "bye"}]
 
 
+@pytest.mark.tornado_only("uvicorn drops the bytes a client sends behind its upgrade request")
 async def test_frames_pipelined_behind_the_handshake_are_handled(serve, functions_dir: Path):
     """A client that sends its first message together with the upgrade request (before the
     101): the message is handled after the connection event, and answered."""
@@ -333,17 +343,19 @@ async def test_frames_pipelined_behind_the_handshake_are_handled(serve, function
     [
         (("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Key: abc"), 400),
         (("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Key: " + "A" * 40), 400),
-        (("HTTP/1.1", "HTTP/1.0"), 400),
         (("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"), 426),
         (("Upgrade: websocket", "Upgrade: h2c"), 400),
         (("Connection: Upgrade", "Connection: keep-alive"), 400),
     ],
 )
 async def test_malformed_upgrades_are_refused_before_any_event(
-    serve, functions_dir: Path, change: tuple[str, str], status: int
+    serve, functions_dir: Path, change: tuple[str, str], status: int, server_kind: str
 ):
     """A handshake that is not a valid RFC 6455 upgrade gets an HTTP error, not a 101, and
-    the connection event never runs."""
+    the connection event never runs. (uvicorn refuses an unsupported version itself, with a
+    plain 400 instead of 426.)"""
+    if server_kind == "uvicorn" and status == 426:
+        status = 400
     write_function(functions_dir, "__websocket__", ECHO + "\n    cloud.shared['ran'] = True\n")
     request = (
         "GET /__websocket__ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -358,6 +370,24 @@ async def test_malformed_upgrades_are_refused_before_any_event(
         assert head.split(b" ")[1] == str(status).encode(), head
         if status == 426:
             assert b"sec-websocket-version: 13" in head.lower()
+        assert "ran" not in cloud.shared
+
+
+@pytest.mark.tornado_only("uvicorn upgrades an HTTP/1.0 handshake: its scope says 1.1")
+async def test_an_http_1_0_upgrade_is_refused_before_any_event(serve, functions_dir: Path):
+    """RFC 6455 4.1: the handshake is an HTTP/1.1 request."""
+    write_function(functions_dir, "__websocket__", ECHO + "\n    cloud.shared['ran'] = True\n")
+    request = (
+        "GET /__websocket__ HTTP/1.0\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with serve(functions_dir) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.server.port)
+        writer.write(request.encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        assert head.split(b" ")[1] == b"400", head
         assert "ran" not in cloud.shared
 
 

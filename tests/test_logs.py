@@ -30,6 +30,8 @@ from .conftest import (
     write_function,
 )
 
+pytestmark = pytest.mark.both_servers
+
 CHATTY = """
 import asyncio, logging, sys, threading
 

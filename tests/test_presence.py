@@ -23,6 +23,8 @@ from laf_py import cloud
 
 from .conftest import wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 # Logs (method, socket id, user_id) per event. On connect: ?reject=1 raises HTTPError(403),
 # ?bind=<user> binds the socket; then sends the socket id. Message "rebind:<user>" rebinds.
 WEBSOCKET = """

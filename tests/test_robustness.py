@@ -17,6 +17,8 @@ from laf_py.runtime import StartupError
 
 from .conftest import wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 
 @pytest.mark.parametrize(
     "raise_it",

@@ -32,6 +32,8 @@ from .test_bus import FakeTransport
 from .test_bus import Node as BusNode
 from .test_cluster import FAST_HEARTBEAT, Clients, ClusterTraffic, StartNodes, call, poll
 
+pytestmark = pytest.mark.both_servers
+
 # test_cluster.py's fixtures for real nodes, used here too
 start_nodes = test_cluster.start_nodes
 clients = test_cluster.clients

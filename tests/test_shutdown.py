@@ -20,6 +20,8 @@ from laf_py.server.runner import SHUTDOWN_BOUND
 
 from .conftest import wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 
 # Records every close event in the file named by $EVENTS_FILE; greets on connection.

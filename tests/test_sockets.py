@@ -23,6 +23,8 @@ from laf_py import Socket, cloud
 
 from .conftest import wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 # On connect: bind ?user= (with bind_user, or the user_id attribute when ?bind=attr) and send
 # {"id", "user_id"}. Message "count": bump socket.state["count"] and send it back.
 WEBSOCKET = """

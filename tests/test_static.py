@@ -16,6 +16,8 @@ from laf_py import ConfigError, Settings
 from .conftest import write_function
 from .test_properties import PATH_FRAGMENTS
 
+pytestmark = pytest.mark.both_servers
+
 HELLO = "def main(ctx):\n    return 'hello'\n"
 SOCKET = "async def main(ctx):\n    pass\n"
 INDEX = "<!doctype html><title>home</title>public-index"

@@ -18,6 +18,8 @@ from laf_py.core.stream import Event, encode_event
 
 from .conftest import wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 GATED = """
 import asyncio
 from laf_py import cloud
@@ -280,6 +282,7 @@ async def test_a_client_that_leaves_an_endless_stream_closes_it(serve, http, fun
         assert (await http.get(server.fn_url("hello"))).text == "hello"
 
 
+@pytest.mark.tornado_only("uvicorn answers HTTP/1.0 clients with chunked encoding")
 async def test_an_http_1_0_client_gets_the_items_unchunked(serve, functions) -> None:
     """No chunked encoding in HTTP/1.0: the body is the items, and the connection's end
     ends it."""

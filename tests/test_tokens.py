@@ -26,6 +26,8 @@ from laf_py import cloud
 
 from .conftest import run_to_exit, wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 SECRET = "x" * 40
 OTHER_SECRET = "y" * 40
 

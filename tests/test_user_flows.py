@@ -25,6 +25,8 @@ from laf_py import cloud
 
 from .conftest import EXAMPLES, frame_matching, wait_until
 
+pytestmark = pytest.mark.both_servers
+
 SECRET = "flows-" + "s" * 40
 GREETING = "Connection established, your userID is: "
 

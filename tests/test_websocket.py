@@ -23,6 +23,8 @@ from laf_py import Socket, cloud
 
 from .conftest import EXAMPLES, wait_until, write_function
 
+pytestmark = pytest.mark.both_servers
+
 HEX24 = re.compile(r"[0-9a-f]{24}")
 HEX12 = re.compile(r"[0-9a-f]{12}")
 

@@ -1,4 +1,5 @@
-"""The Tornado adapter: the only package of laf-py that imports tornado."""
+"""The Tornado adapter: laf-py's own HTTP and WebSocket server. (laf_py.asgi serves the same
+Tornado application under an ASGI server.)"""
 
 from .runner import Server, serve
 

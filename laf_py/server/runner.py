@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import tornado.httpserver
 import tornado.netutil
@@ -28,7 +28,10 @@ from .fast_http import FastFunctions
 from .http import drain_limit
 from .keepalive import Keepalive
 
-__all__ = ["Server", "serve"]
+if TYPE_CHECKING:
+    from ..asgi.server import UvicornServer
+
+__all__ = ["Server", "create_server", "serve"]
 
 log = logging.getLogger("laf_py")
 
@@ -136,6 +139,15 @@ class Server:
     def _close_listeners(self) -> None:
         for listener in self._listeners:
             listener.close()
+
+
+def create_server(settings: Settings) -> Server | UvicornServer:
+    """The server ``--server`` names: Tornado (laf-py's own), or uvicorn with the ASGI app."""
+    if settings.server == "uvicorn":
+        from ..asgi.server import UvicornServer
+
+        return UvicornServer(settings)
+    return Server(settings)
 
 
 def loop_name() -> str:
@@ -261,7 +273,7 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
     background = _LoopExecutor()
     loop.set_default_executor(background)
-    server = Server(settings)
+    server = create_server(settings)
     await server.start(listeners, announce)
     if ready is not None:
         ready()

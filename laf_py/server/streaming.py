@@ -384,5 +384,7 @@ def _abort(handler: FunctionHandler) -> None:
     stream = getattr(connection, "stream", None)
     if stream is not None:
         stream.close()
+    elif hasattr(connection, "abort"):  # under ASGI (laf_py/asgi/bridge.py)
+        connection.abort()
     with contextlib.suppress(Exception):
         handler.finish()
