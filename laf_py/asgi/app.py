@@ -13,8 +13,10 @@ from ..config import Settings
 from ..runtime import Runtime
 from ..server.activity import Activity
 from ..server.app import make_app
+from ..server.fast_http import FastFunctions
 from ..server.keepalive import Keepalive
 from .bridge import Receive, Scope, Send, serve_http
+from .functions import PlainCalls
 from .logs import hide_tokens_in_server_logs
 from .websocket import refuse_route, serve_websocket
 
@@ -51,14 +53,21 @@ class LafApp:
         # Never started: the ASGI server pings. SocketConnection only leaves it when it ends.
         self.keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
         self.tornado = make_app(self.runtime, self.activity, self.keepalive)
+        self._plain = PlainCalls(FastFunctions(self.tornado, self.runtime, self.activity))
         self._started: asyncio.Future[None] | None = None
+        self._running = False  # started, and not stopped
         self._stopped = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self.startup()
+            if not self._running:
+                await self.startup()
             path = route_path(scope)
+            plain = self._plain.decide(scope, path)
+            if plain is not None:
+                await self._plain.answer(plain, scope, receive, send)
+                return
             await serve_http(self.tornado, scope, receive, send, path, self.settings.max_body_size)
         elif kind == "websocket":
             await self.startup()
@@ -83,6 +92,7 @@ class LafApp:
                 await self.runtime.stop()
                 raise
             started.set_result(None)
+            self._running = True
         await asyncio.shield(started)
 
     async def shutdown(self, grace: float | None = None) -> None:
@@ -91,6 +101,7 @@ class LafApp:
         if self._started is None or self._stopped:
             return
         self._stopped = True
+        self._running = False
         loop = asyncio.get_running_loop()
         grace = self.settings.shutdown_grace if grace is None else grace
         deadline = loop.time() + grace

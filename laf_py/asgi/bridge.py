@@ -13,24 +13,35 @@ enforced as the bytes arrive.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
+import tornado
 import tornado.httputil
 import tornado.web
 
 from ..server.http import drain_limit
 
-__all__ = ["AsgiConnection", "ResponseAborted", "serve_http"]
+__all__ = [
+    "AsgiConnection",
+    "ResponseAborted",
+    "request_headers",
+    "respond",
+    "serve_http",
+    "start_line",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# Headers the ASGI server writes itself: its own Date and Server, its own framing.
-_SERVER_HEADERS = frozenset({"date", "server", "transfer-encoding", "content-encoding-chunked"})
+# Headers the ASGI server writes itself: its own Date, its own framing; and its own Server,
+# unless a function set one (Tornado's default names Tornado).
+_SERVER_HEADERS = frozenset({"date", "transfer-encoding"})
+_TORNADO_SERVER = f"TornadoServer/{tornado.version}"
 
 
 class ResponseAborted(Exception):
@@ -76,7 +87,7 @@ class AsgiConnection(tornado.httputil.HTTPConnection):
         raw = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in headers.get_all()
-            if name.lower() not in _SERVER_HEADERS
+            if name.lower() not in _SERVER_HEADERS and value != _TORNADO_SERVER
         ]
         self._queue({"type": "http.response.start", "status": start_line.code, "headers": raw})
         return self.write(chunk or b"")
@@ -159,10 +170,23 @@ def start_line(scope: Scope, path: str) -> tornado.httputil.RequestStartLine:
 
 
 def request_headers(scope: Scope) -> tornado.httputil.HTTPHeaders:
+    """The request's headers as Tornado's parser would give them. (``add`` for repeated
+    names only: it validates and looks the name up again, and this runs for every request.)"""
     headers = tornado.httputil.HTTPHeaders()
-    for name, value in scope["headers"]:
-        headers.add(name.decode("latin-1"), value.decode("latin-1"))
+    present = headers._as_list  # the values by normalized name, in every Tornado version
+    for raw_name, raw_value in scope["headers"]:
+        name = _header_name(raw_name)
+        if name in present:  # repeated: kept as a list, joined with commas when read
+            headers.add(name, raw_value.decode("latin-1"))
+        else:
+            headers[name] = raw_value.decode("latin-1")
     return headers
+
+
+@functools.lru_cache(maxsize=512)
+def _header_name(raw: bytes) -> str:
+    """``content-type`` → ``Content-Type``, as HTTPHeaders spells names."""
+    return "-".join([word.capitalize() for word in raw.decode("latin-1").split("-")])
 
 
 async def serve_http(
@@ -181,6 +205,18 @@ async def serve_http(
     if prepared is not None:
         await prepared
     await _read_body(delegate, connection, receive, drain_limit(max_body_size))
+    await respond(connection, receive, send)
+
+
+async def respond(
+    connection: AsgiConnection,
+    receive: Receive,
+    send: Send,
+    answering: Coroutine[Any, Any, None] | None = None,
+) -> None:
+    """Send what the handler writes on ``connection`` until it finishes (``answering``: the
+    handler's work, run beside, when it is not already running)."""
+    task = asyncio.ensure_future(answering) if answering is not None else None
     watcher: asyncio.Task[None] | None = None
     try:
         while True:
@@ -198,6 +234,8 @@ async def serve_http(
             watcher.cancel()
         if not connection.finished:  # the server cancelled us: the client is gone
             connection.client_left()
+        if task is not None and task.done() and not task.cancelled():
+            task.result()  # what the handler's own error handling let through
 
 
 async def _read_body(

@@ -55,7 +55,7 @@ from .base import HostPolicy, served_host
 from .http import PREFIX, FunctionHandler, function_for, function_name, method_for
 from .streaming import stream_body
 
-__all__ = ["FastConnection", "FastFunctions"]
+__all__ = ["VALID_VALUE", "FastConnection", "FastFunctions", "Plain", "header_name"]
 
 HEAD_END = b"\r?\n\r?\n"  # what Tornado reads a request head up to
 FAST_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
@@ -65,12 +65,12 @@ SERVER = f"TornadoServer/{tornado.version}"
 DEFAULT_TYPE = "text/html; charset=UTF-8"  # RequestHandler.clear()'s, replaced by every body's
 # Response headers Tornado treats specially: a response with one goes to the handler.
 SPECIAL = frozenset({"Content-Length", "Transfer-Encoding", "Connection", "Etag"})
-_VALUE = re.compile(r"[\x09\x20-\x7e\x80-\xff]*")  # RequestHandler._VALID_HEADER_CHARS
+VALID_VALUE = re.compile(r"[\x09\x20-\x7e\x80-\xff]*")  # RequestHandler._VALID_HEADER_CHARS
 _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 @dataclass(slots=True)
-class _Plain:
+class Plain:
     """A plain request, decided: what the call needs."""
 
     start_line: tornado.httputil.RequestStartLine
@@ -93,7 +93,7 @@ class FastFunctions:
         self._date_second = -1
         self._date = ""
 
-    def plain(self, head: bytes) -> _Plain | None:
+    def plain(self, head: bytes) -> Plain | None:
         """The request in ``head`` if it is plain (see the module's docstring), else None.
         No side effect: a request that is not plain is served by Tornado from the start."""
         # As HTTP1Connection._parse_headers, with Tornado's own parsers: what it refuses
@@ -105,18 +105,31 @@ class FastFunctions:
             headers = tornado.httputil.HTTPHeaders.parse(text[eol:])
         except tornado.httputil.HTTPInputError:
             return None
-        method, uri, version = start_line
-        if version != "HTTP/1.1" or method not in FAST_METHODS or uri[:4] != PREFIX:
+        if start_line.version != "HTTP/1.1":
             return None
+        return self.decide(start_line, headers)
+
+    def decide(
+        self, start_line: tornado.httputil.RequestStartLine, headers: tornado.httputil.HTTPHeaders
+    ) -> Plain | None:
+        """Whether a parsed request is plain (the same rules under an ASGI server)."""
+        method, uri, _ = start_line
+        if method not in FAST_METHODS or uri[:4] != PREFIX:
+            return None
+        # The parsed fields, looked up directly (HTTPHeaders normalizes the name at each
+        # lookup, and this runs for every request): the lists of values by normalized name,
+        # which every Tornado version keeps.
+        fields = headers._as_list
         for name in NOT_PLAIN:
-            if name in headers:
+            if name in fields:
                 return None
-        if "Connection" in headers and headers["Connection"].lower() == "close":
+        if "Connection" in fields and headers["Connection"].lower() == "close":
             return None
-        if "Host" not in headers or not _valid_host(headers["Host"]):
+        host = headers["Host"] if "Host" in fields else None
+        if host is None or not _valid_host(host):
             return None  # Tornado answers 400
-        settings = self.runtime.settings
-        host = served_host(headers, settings.trust_proxy_headers)
+        if self.runtime.settings.trust_proxy_headers:
+            host = served_host(headers, True)
         if host is not None and not self.hosts.allows(host):
             return None
         if self.activity.draining:
@@ -135,13 +148,13 @@ class FastFunctions:
         if interceptor is not None and interceptor.error is not None:
             return None
         user = None
-        if "Authorization" in headers:
+        if "Authorization" in fields:
             token = bearer_token(headers["Authorization"])
             if token is not None:
                 user = self.runtime.verify_token(token)
                 if user is None:
                     return None  # 401
-        return _Plain(start_line, headers, function_path, function, ctx_method, query, user)
+        return Plain(start_line, headers, function_path, function, ctx_method, query, user)
 
     def date(self) -> str:
         """The ``Date`` header, made once a second."""
@@ -167,7 +180,7 @@ def _valid_host(host: str) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _header_name(name: str) -> str | None:
+def header_name(name: str) -> str | None:
     """A response header name as Tornado writes it (``x-foo`` → ``X-Foo``), or None when the
     handler should deal with it."""
     if not _NAME.fullmatch(name):
@@ -188,7 +201,7 @@ def _head(
     reason = responses.get(status, "Unknown")
     if len(headers) == 1 and "Content-Type" in headers:  # the usual case, in one format
         content_type = headers["Content-Type"]
-        if type(content_type) is not str or not _VALUE.fullmatch(content_type):
+        if type(content_type) is not str or not VALID_VALUE.fullmatch(content_type):
             return None
         return (
             f"HTTP/1.1 {status} {reason}\r\nServer: {SERVER}\r\nContent-Type: {content_type}\r\n"
@@ -197,8 +210,8 @@ def _head(
     lines = {"Server": SERVER, "Content-Type": DEFAULT_TYPE, "Date": date}
     lines["X-Request-Id"] = request_id
     for name, value in headers.items():
-        normalized = _header_name(name)
-        if normalized is None or type(value) is not str or not _VALUE.fullmatch(value):
+        normalized = header_name(name)
+        if normalized is None or type(value) is not str or not VALID_VALUE.fullmatch(value):
             return None
         lines[normalized] = value
     lines["Content-Length"] = str(length)
@@ -305,7 +318,7 @@ class FastConnection(HTTP1ServerConnection):
         await asyncio.sleep(0)
         return True
 
-    async def _call(self, request: _Plain) -> bool:
+    async def _call(self, request: Plain) -> bool:
         """Call a plain request's function and answer; False when the connection is done."""
         functions = self.functions
         runtime = functions.runtime
@@ -394,7 +407,7 @@ class FastConnection(HTTP1ServerConnection):
 
     async def _hand_over(
         self,
-        request: _Plain,
+        request: Plain,
         ctx: FunctionContext,
         call_context: contextvars.Context,
         where: tuple[str | None, str, float],  # remote_ip, protocol, when the head was read
