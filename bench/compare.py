@@ -1,30 +1,49 @@
-"""laf-py against a plain Tornado app and a websockets-library server, same run, same generator.
+"""laf-py against what users would pick instead, same run, same generator: plain Tornado, the
+websockets library, FastAPI and Starlette on uvicorn, python-socketio.
 
     python bench/compare.py [--quick] [--rounds 3] [--duration 5] [--clients 2]
                             [--only echo,http,static,stream,broadcast,memory,churn]
+                            [--servers tornado,websockets,fastapi,starlette,socketio,laf-py]
                             [--metrics-off]
 
-Starts the servers (bench/baselines/tornado_app.py, bench/baselines/websockets_app.py and
-``laf-py serve`` on bench/compare_functions) and drives them with bench/loadgen.py. The machine
-is shared and its speed moves, so the loaded phases run in ``--rounds`` rounds: in each round
-every server takes the phase in turn (the order rotates), the table shows medians, and each
-ratio is the median of the ratios measured within one round.
+Starts the servers and drives them with bench/loadgen.py:
+
+- tornado, websockets: bench/baselines/tornado_app.py and websockets_app.py;
+- fastapi, starlette: bench/baselines/fastapi_app.py and starlette_app.py, each on uvicorn with
+  its defaults (uvloop, httptools, the websockets library's protocol), as their docs teach;
+- socketio: bench/baselines/socketio_app.py, python-socketio's ``AsyncServer`` as an ASGI app
+  on uvicorn. It speaks Socket.IO, so the generator speaks it too (Engine.IO v4 handshake and
+  pings, ``42["echo", ...]`` events); it has echo, broadcast, memory and churn, no HTTP phases;
+- laf-py: ``laf-py serve`` on bench/compare_functions (Tornado);
+- laf-py-uvicorn, laf-py-granian (only when named in ``--servers``): the same laf-py with
+  ``--server uvicorn``, and laf-py's ASGI app under granian
+  (``granian --interface asgi --factory laf_py.asgi:app_from_environment``, the same settings
+  as ``LAF_*`` variables; CPU, memory and sockets are read off granian's worker process).
+
+``--servers`` picks them (default: all but the two opt-in ones; with ``--quick``: tornado,
+websockets and laf-py, so that the smoke test stays short). The machine is shared and its speed
+moves, so the loaded phases run in ``--rounds`` rounds: in each round every server takes the
+phase in turn (the order rotates), the table shows medians, and each ratio is the median of the
+ratios measured within one round: laf-py/<baseline> for every baseline that ran, and for
+laf-py-uvicorn and laf-py-granian, <that>/laf-py and <that>/starlette.
 
 - echo: ``--echo-connections`` WebSockets (50) in a closed loop, 64 B text messages, for
   ``--duration`` s after a warm-up: echo round trips per second, p50/p99 latency;
-- http: ``GET /hello`` (``/fn/hello`` on laf-py) with wrk (``-t1 -c50``) when it is installed,
-  else with the Python generator: requests per second, p50/p99. Not run on websockets, which is
-  not an HTTP framework;
+- http: ``GET /hello`` (``/fn/hello`` on laf-py: an ``async def`` returning the small dict
+  ``{"message": "Hello, world!"}``, which every baseline answers too, as JSON) with wrk
+  (``-t1 -c50``) when it is installed, else with the Python generator: requests per second,
+  p50/p99. Not run on websockets, which is not an HTTP framework, nor on socketio;
 - static: ``GET /file.txt``, a 10 KiB file of the app's ``public/`` folder on laf-py (started with
-  ``--app-dir``), Tornado's own ``StaticFileHandler`` on the same file in the baseline; measured
-  as http is;
+  ``--app-dir``), Tornado's own ``StaticFileHandler`` and Starlette's ``StaticFiles`` on the same
+  file in the baselines; measured as http is;
 - stream: ``GET /stream`` (``/fn/stream`` on laf-py), a chunked response of 10 chunks of 1 KiB,
   each written and flushed (laf-py: a function's async generator; Tornado: a handler that
-  ``write``s and ``await``s ``flush()`` ten times); measured as http is, each request reading
-  the whole stream;
+  ``write``s and ``await``s ``flush()`` ten times; FastAPI, Starlette: a ``StreamingResponse``
+  of an async generator); measured as http is, each request reading the whole stream;
 - broadcast: ``--broadcast-connections`` sockets (5000), one HTTP call that broadcasts a short
-  text frame, time from sending that call until every socket has the frame; the median of
-  ``--broadcast-rounds`` broadcasts after one warm-up;
+  text frame (FastAPI, Starlette: an ``await send_text`` per socket, as their docs' broadcast;
+  socketio: one ``emit`` of an event), time from sending that call until every socket has the
+  frame; the median of ``--broadcast-rounds`` broadcasts after one warm-up;
 - memory (a fresh server, once): RSS before and after opening ``--idle-connections`` (9000)
   idle sockets, per connection;
 - churn (the same fresh server, after memory): ``--churn-rounds`` (10) rounds of opening and
@@ -35,9 +54,10 @@ generator processes over the measured window, to show which one saturates. laf-p
 ``--reload false --max-messages-per-second 0 --max-connections 20000 --log-level warning``
 (at the default ``info`` level it writes an access line per HTTP call, which the plain Tornado
 app does not; ``--laf-log-level info`` measures that) and on its default event loop, uvloop; the
-baselines run on asyncio's own loop as written, or on uvloop with ``--baseline-loop uvloop``
-(which shows what laf-py's own code costs, loop for loop). Prints a table of absolute numbers and
-laf-py/baseline ratios and writes bench/results/compare.json (every round included).
+Tornado and websockets baselines run on asyncio's own loop as written, or on uvloop with
+``--baseline-loop uvloop`` (which shows what laf-py's own code costs, loop for loop); the uvicorn
+ones on uvicorn's default loop, uvloop, either way. Prints a table of absolute numbers and the
+ratios and writes bench/results/compare.json (every round included).
 ``--metrics-off`` adds laf-py started with ``--metrics false`` to the same rounds, and a column
 "metrics on/off" (laf-py / that, median of the per-round ratios): what counting for
 ``GET /_/metrics`` costs. ``--quick`` is a tiny load for the smoke test. Benchmarks, not tests:
@@ -50,6 +70,7 @@ import asyncio
 import contextlib
 import dataclasses
 import http.client
+import importlib.metadata
 import json
 import os
 import platform
@@ -74,7 +95,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import instructions  # noqa: E402
 import latency  # noqa: E402
-from loadgen import Pool, cpu_seconds, fd_count, rss_kib, share  # noqa: E402
+from loadgen import SOCKETIO_PATH, Pool, cpu_seconds, fd_count, rss_kib, share  # noqa: E402
 
 monotonic = time.monotonic
 PHASES = (
@@ -89,7 +110,22 @@ PHASES = (
     "instructions",
     "cluster",
 )
-SERVER_NAMES = ("tornado", "websockets", "laf-py")
+SERVER_NAMES = (
+    "tornado",
+    "websockets",
+    "fastapi",
+    "starlette",
+    "socketio",
+    "laf-py",
+    "laf-py-uvicorn",
+    "laf-py-granian",
+)
+# the laf-py/<baseline> ratio columns, in this order, for those present
+BASELINES = ("tornado", "websockets", "fastapi", "starlette", "socketio")
+# laf-py on another server: not run unless named in --servers
+OPT_IN = ("laf-py-uvicorn", "laf-py-granian")
+DEFAULT_SERVERS = tuple(name for name in SERVER_NAMES if name not in OPT_IN)
+QUICK_SERVERS = ("tornado", "websockets", "laf-py")  # --quick: the smoke test stays short
 
 # -- the servers -------------------------------------------------------------------------------
 
@@ -103,27 +139,36 @@ class Target:
     push_path: str | None
     static_path: str | None = None
     stream_path: str | None = None
+    # how the load generator speaks on ws_path: "ws" (plain WebSocket messages) or "socketio"
+    protocol: str = "ws"
+    # how it is started: "script" (bench/baselines/<name>_app.py), "laf-py" (laf-py serve,
+    # plus laf_args) or "granian" (laf-py's ASGI app under granian, settings as LAF_* vars)
+    launcher: str = "script"
+    laf_args: tuple[str, ...] = ()
 
 
+LAF_PATHS = ("/__websocket__", "/fn/hello", "/fn/broadcast", "/fn/push", "/file.txt", "/fn/stream")
+UVICORN_PATHS = ("/echo", "/hello", "/broadcast", "/push", "/file.txt", "/stream")
 TARGETS = [
     Target("tornado", "/echo", "/hello", "/broadcast", "/push", "/file.txt", "/stream"),
     Target("websockets", "/", None, "/broadcast", None),
-    Target(
-        "laf-py",
-        "/__websocket__",
-        "/fn/hello",
-        "/fn/broadcast",
-        "/fn/push",
-        "/file.txt",
-        "/fn/stream",
-    ),
+    Target("fastapi", *UVICORN_PATHS),
+    Target("starlette", *UVICORN_PATHS),
+    Target("socketio", SOCKETIO_PATH, None, "/broadcast", None, protocol="socketio"),
+    Target("laf-py", *LAF_PATHS, launcher="laf-py"),
+    Target("laf-py-uvicorn", *LAF_PATHS, launcher="laf-py", laf_args=("--server", "uvicorn")),
+    Target("laf-py-granian", *LAF_PATHS, launcher="granian"),
 ]
+# GET /hello everywhere: {"message": "Hello, world!"}, with or without a space after the colon.
+HELLO = re.compile(rb'\{"message": ?"Hello, world!"\}')
 STATIC_BODY = b"0123456789abcde\n" * 640  # 10 KiB: public/file.txt
 STREAM_BODY = b"0123456789abcde\n" * 64 * 10  # 10 chunks of 1 KiB (compare_functions/stream.py)
-LAF_PY = TARGETS[2]
+LAF_PY = next(t for t in TARGETS if t.name == "laf-py")
 # --metrics-off: laf-py once more, started with --metrics false, measured in the same rounds;
 # the table's last column is laf-py / this (what counting for GET /_/metrics costs).
-METRICS_OFF = dataclasses.replace(LAF_PY, name="laf-py-metrics-off")
+METRICS_OFF = dataclasses.replace(
+    LAF_PY, name="laf-py-metrics-off", laf_args=("--metrics", "false")
+)
 
 
 class ServerOutput(threading.Thread):
@@ -177,19 +222,25 @@ class Server:
     ) -> None:
         self.target = target
         self.port = 0
+        self._worker_pid: int | None = None
         # Under valgrind, imports alone take ~30 s, and minutes on a loaded machine.
         self.start_timeout = 300.0 if prefix else 60.0
-        if target.name.startswith("laf-py"):
+        env = {**os.environ, "LAF_SECRET": "compare-secret-" + "x" * 32}
+        if target.launcher != "script":
             self.port = free_port()  # at --log-level warning it prints no "listening on" line
+            settings = laf_settings(args, tmp, label)
+            settings += [*extra, *target.laf_args]
+        if target.launcher == "laf-py":
             command = [sys.executable, "-m", "laf_py", "serve", "--host", "127.0.0.1"]
-            command += ["--port", str(self.port), "--functions", str(HERE / "compare_functions")]
-            command += ["--app-dir", str(static_app(tmp))]  # serves <app>/public at /
-            command += ["--reload", "false", "--log-level", args.laf_log_level]
-            command += ["--max-messages-per-second", "0", "--max-connections", "20000"]
-            command += ["--database-url", f"sqlite:///{tmp / f'compare{label}.db'}"]
-            command += ["--event-loop", args.laf_event_loop, *extra]
-            if target is METRICS_OFF:
-                command += ["--metrics", "false"]
+            command += ["--port", str(self.port), *settings]
+            command += ["--event-loop", args.laf_event_loop]
+        elif target.launcher == "granian":
+            # granian's own defaults (its event loop, one worker process, no access log); the
+            # settings reach laf-py as the LAF_<OPTION> variables it reads for every option
+            command = [str(Path(sys.executable).with_name("granian")), "--interface", "asgi"]
+            command += ["--host", "127.0.0.1", "--port", str(self.port)]
+            command += ["--log-level", "warning", "--factory", "laf_py.asgi:app_from_environment"]
+            env.update(as_environment(settings))
         else:
             script = HERE / "baselines" / f"{target.name}_app.py"
             command = [sys.executable, str(script), "--port", "0"]
@@ -202,7 +253,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "LAF_SECRET": "compare-secret-" + "x" * 32},
+            env=env,
             start_new_session=True,  # Ctrl-C reaches only this script, which stops the server
         )
         self.output = ServerOutput(self.process)
@@ -260,7 +311,38 @@ class Server:
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        """The process that serves: granian's worker, the started process otherwise."""
+        if self.target.launcher != "granian":
+            return self.process.pid
+        if self._worker_pid is None:
+            path = f"/proc/{self.process.pid}/task/{self.process.pid}/children"
+            with open(path) as f:
+                children = [int(pid) for pid in f.read().split()]
+            if len(children) != 1:
+                raise RuntimeError(f"granian has {len(children)} worker processes, not 1")
+            self._worker_pid = children[0]
+        return self._worker_pid
+
+
+def laf_settings(args: Any, tmp: Path, label: str) -> list[str]:
+    """laf-py's settings in the bench, as command-line flags and their values."""
+    return [
+        *("--functions", str(HERE / "compare_functions")),
+        *("--app-dir", str(static_app(tmp))),  # serves <app>/public at /
+        *("--reload", "false", "--log-level", args.laf_log_level),
+        *("--max-messages-per-second", "0", "--max-connections", "20000"),
+        *("--database-url", f"sqlite:///{tmp / f'compare{label}.db'}"),
+    ]
+
+
+def as_environment(settings: list[str]) -> dict[str, str]:
+    """``["--max-connections", "20000", ...]`` -> ``{"LAF_MAX_CONNECTIONS": "20000", ...}``
+    (laf_py/options.py: every option's variable is LAF_ and its flag in capitals)."""
+    flags, values = settings[::2], settings[1::2]
+    return {
+        "LAF_" + f.removeprefix("--").upper().replace("-", "_"): v
+        for f, v in zip(flags, values, strict=True)
+    }
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -338,7 +420,14 @@ class Bench:
 
     def open(self, server: Server, count: int) -> dict[str, Any]:
         commands = [
-            ("open", "127.0.0.1", server.port, server.target.ws_path, share(count, self.size, i))
+            (
+                "open",
+                "127.0.0.1",
+                server.port,
+                server.target.ws_path,
+                share(count, self.size, i),
+                server.target.protocol,
+            )
             for i in range(self.size)
         ]
         replies = self.pool.call(commands, "opened", 60 + count / 50, server.alive)
@@ -383,7 +472,7 @@ class Bench:
         }
 
     def http(self, server: Server) -> dict[str, Any] | None:
-        return self.get_load(server, server.target.hello_path, b"Hello, world!")
+        return self.get_load(server, server.target.hello_path, HELLO)
 
     def static(self, server: Server) -> dict[str, Any] | None:
         return self.get_load(server, server.target.static_path, STATIC_BODY)
@@ -391,13 +480,17 @@ class Bench:
     def stream(self, server: Server) -> dict[str, Any] | None:
         return self.get_load(server, server.target.stream_path, STREAM_BODY)
 
-    def get_load(self, server: Server, path: str | None, expected: bytes) -> dict[str, Any] | None:
+    def get_load(
+        self, server: Server, path: str | None, expected: bytes | re.Pattern[bytes]
+    ) -> dict[str, Any] | None:
         """``GET path`` in a closed loop (wrk, else the Python generator), once it is seen to
         answer ``expected``."""
         if path is None:
             return None
         status, body = http_get(server.port, path)
-        if status != 200 or body != expected:
+        if status != 200 or not (
+            expected.fullmatch(body) if isinstance(expected, re.Pattern) else body == expected
+        ):
             raise RuntimeError(f"GET {path}: {status} {body[:100]!r}")
         wrk = shutil.which("wrk")
         if wrk and not self.args.python_http:
@@ -711,6 +804,8 @@ def run_cluster(bench: Bench, args: Any, tmp: Path) -> Any:
 def run_instructions(target: Target, args: Any, tmp: Path) -> Any:
     """Instructions per HTTP hello and per echo message, counted by callgrind (see
     bench/instructions.py): the one measure here that the machine's load does not move."""
+    if target.protocol != "ws" or target.launcher == "granian":
+        return None  # bench/instructions.py speaks plain WebSocket to one process
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         return {"error": "valgrind is not installed (apt-get install valgrind)"}
     out = tmp / f"cg-{target.name}"
@@ -796,34 +891,45 @@ ROWS: list[tuple[str, str, str, bool]] = [
 ]
 
 
+def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(numerator, denominator) of each ratio column, for the servers that ran: laf-py against
+    every baseline; laf-py on another server against laf-py and against Starlette (both on
+    uvicorn's stack for laf-py-uvicorn: what issue 16 compares); laf-py against itself with
+    metrics off."""
+    pairs = [("laf-py", base) for base in BASELINES if "laf-py" in names and base in names]
+    for variant in OPT_IN:
+        if variant in names:
+            pairs += [(variant, base) for base in ("laf-py", "starlette") if base in names]
+    if "laf-py" in names and METRICS_OFF.name in names:
+        pairs.append(("laf-py", METRICS_OFF.name))
+    return pairs
+
+
+def ratio_label(pair: tuple[str, str]) -> str:
+    return "metrics on/off" if pair[1] == METRICS_OFF.name else f"{pair[0]}/{pair[1]}"
+
+
 def build_table(results: dict[str, Any], phases: list[str]) -> dict[str, Any]:
     """Absolute numbers are medians over the rounds; a ratio is the median of the ratios
     within each round, so a server is only ever compared with one measured beside it."""
-    columns = ["metric", *SERVER_NAMES, "laf-py/tornado", "laf-py/websockets"]
-    off = results.get(METRICS_OFF.name)
-    if off is not None:
-        columns.append("metrics on/off")
-    rows, ratios = [], {"laf-py/tornado": {}, "laf-py/websockets": {}}  # type: ignore[var-annotated]
-    if off is not None:
-        ratios["metrics on/off"] = {}
+    shown = [name for name in SERVER_NAMES if name in results]
+    pairs = ratio_pairs(list(results))
+    columns = ["metric", *shown, *(ratio_label(pair) for pair in pairs)]
+    rows: list[list[Any]] = []
+    ratios: dict[str, dict[str, float]] = {ratio_label(pair): {} for pair in pairs}
     for label, phase, key, with_ratio in ROWS:
         if phase not in phases:
             continue
-        phase_results = [results[name].get(phase) or {} for name in SERVER_NAMES]
-        row = [label, *(r.get(key) for r in phase_results)]
-        for base_index, base in ((0, "tornado"), (1, "websockets")):
+        row = [label, *((results[name].get(phase) or {}).get(key) for name in shown)]
+        for pair in pairs:
             ratio = None
             if with_ratio:
-                ratio = median_ratio(phase_results[2], phase_results[base_index], key)
+                ours, theirs = ((results[name].get(phase) or {}) for name in pair)
+                # metrics on/off: three digits, it is a cost of a few percent at most
+                digits = 3 if pair[1] == METRICS_OFF.name else 2
+                ratio = median_ratio(ours, theirs, key, digits)
                 if ratio is not None:
-                    ratios[f"laf-py/{base}"][f"{phase}.{key}"] = ratio
-            row.append(ratio)
-        if off is not None:  # three digits: it is a cost of a few percent at most
-            ratio = None
-            if with_ratio:
-                ratio = median_ratio(phase_results[2], off.get(phase) or {}, key, digits=3)
-                if ratio is not None:
-                    ratios["metrics on/off"][f"{phase}.{key}"] = ratio
+                    ratios[ratio_label(pair)][f"{phase}.{key}"] = ratio
             row.append(ratio)
         rows.append(row)
     return {"columns": columns, "rows": rows, "ratios": ratios}
@@ -850,11 +956,12 @@ def print_table(table: dict[str, Any], args: Any) -> None:
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     header = table["columns"]
-    widths = [38, 11, 11, 11, 16, 19, 16][: len(header)]
+    widths = [38, *(max(11, len(h) + 2) for h in header[1:])]
     print()
     print(
         f"medians of {args.rounds} rounds; laf-py on {args.laf_event_loop} event loop, "
-        f"baselines on {args.baseline_loop}; "
+        f"tornado and websockets on {args.baseline_loop}, the uvicorn apps on uvicorn's "
+        f"{'uvloop' if args.baseline_loop == 'uvloop' else 'default (auto: uvloop)'}; "
         f"{args.echo_connections} echo connections x {args.payload} B, {args.duration} s; "
         f"broadcast to {args.broadcast_connections}; idle {args.idle_connections}; "
         f"churn {args.churn_rounds} x {args.churn_connections}; "
@@ -885,10 +992,29 @@ def raise_fd_limit(needed: int) -> int:
     return limit
 
 
-def versions() -> dict[str, Any]:
-    import tornado
-    import websockets
+# what the servers run on (versions in the report; None: not installed)
+BENCH_PACKAGES = (
+    "tornado",
+    "websockets",
+    "uvloop",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "httptools",
+    "python-socketio",
+    "python-engineio",
+    "granian",
+)
 
+
+def installed(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, Any]:
     root = HERE.parent
     git = ["git", "-C", str(root)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -900,8 +1026,7 @@ def versions() -> dict[str, Any]:
         wrk_version = (out.stdout + out.stderr).split("\n")[0].strip()
     return {
         "python": platform.python_version(),
-        "tornado": tornado.version,
-        "websockets": websockets.__version__,
+        **{name: installed(name) for name in BENCH_PACKAGES},
         "wrk": wrk_version,
         "cpus": os.cpu_count(),
         "laf_py_commit": head.stdout.strip(),
@@ -921,7 +1046,11 @@ def main() -> int:
         help=f"comma-separated phases (default: all; --quick skips instructions): "
         f"{','.join(PHASES)}",
     )
-    parser.add_argument("--servers", default=",".join(SERVER_NAMES))
+    parser.add_argument(
+        "--servers",
+        help=f"comma-separated, of {','.join(SERVER_NAMES)} (default: "
+        f"{','.join(DEFAULT_SERVERS)}; with --quick: {','.join(QUICK_SERVERS)})",
+    )
     parser.add_argument(
         "--metrics-off",
         action="store_true",
@@ -950,7 +1079,8 @@ def main() -> int:
         "--baseline-loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
-        help="event loop of the Tornado and websockets apps (default asyncio, as written)",
+        help="event loop of the Tornado and websockets apps (default asyncio, as written); "
+        "the uvicorn apps run on uvicorn's default loop, uvloop when installed, either way",
     )
     parser.add_argument("--output", type=Path, default=HERE / "results" / "compare.json")
     args = parser.parse_args()
@@ -964,7 +1094,12 @@ def main() -> int:
     if args.only is None:  # callgrind's start-up alone is ~20 s a server: not for --quick
         args.only = ",".join(p for p in PHASES if not (args.quick and p == "instructions"))
     phases = [p for p in args.only.split(",") if p]
-    servers = [t for t in TARGETS if t.name in args.servers.split(",")]
+    if args.servers is None:
+        args.servers = ",".join(QUICK_SERVERS if args.quick else DEFAULT_SERVERS)
+    names = [name for name in args.servers.split(",") if name]
+    if unknown := set(names) - set(SERVER_NAMES):
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    servers = [t for t in TARGETS if t.name in names]
     if args.metrics_off:
         servers.append(METRICS_OFF)
     if unknown := set(phases) - set(PHASES):
@@ -972,9 +1107,7 @@ def main() -> int:
     peak = max(args.idle_connections, args.broadcast_connections, args.churn_connections)
     raise_fd_limit(peak + 1000)
     meta = {"args": {k: str(v) for k, v in vars(args).items()}, **versions()}
-    results: dict[str, Any] = {name: {} for name in SERVER_NAMES}
-    if args.metrics_off:
-        results[METRICS_OFF.name] = {}
+    results: dict[str, Any] = {target.name: {} for target in servers}
     pool = Pool(args.clients)
     try:
         bench = Bench(pool, args)
@@ -994,6 +1127,7 @@ def main() -> int:
             if "cluster" in phases and LAF_PY in servers:
                 print("laf-py cluster (Redis) ...", flush=True)
                 results["laf-py"]["cluster"] = run_cluster(bench, args, Path(tmp))
+            for target in servers:
                 results[target.name]["server_log_warnings"] = bench.warnings[target.name]
     finally:
         pool.stop()

@@ -5,7 +5,10 @@ Every worker runs one asyncio loop and obeys commands sent over a pipe by the ma
 HTTP load. The clients are deliberately minimal — an ``asyncio.Protocol`` that writes a canned
 handshake, pre-masked frames (one fixed masking key; servers do not check it) and parses only
 frame headers — so that a Python client costs much less CPU per message than a Python server,
-and the server, not the generator, is what saturates. The same generator drives every server.
+and the server, not the generator, is what saturates. The same generator drives every server;
+for a Socket.IO server (``open``'s ``protocol="socketio"``) the same client also does the
+Engine.IO/Socket.IO handshake, answers pings, and sends and counts ``42[...]`` events
+(``SocketIOClient``).
 
 All times are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process of the machine).
 """
@@ -93,7 +96,7 @@ class WSClient(asyncio.Protocol):
                 return
             del buf[: end + 4]
             self.upgraded = True
-            self.opened.set_result(None)
+            self.on_upgraded()
         while len(buf) >= 2:
             n, pos = buf[1] & 0x7F, 2
             if n == 126:
@@ -111,9 +114,17 @@ class WSClient(asyncio.Protocol):
                 self.write(client_frame(0xA, bytes(buf[pos : pos + n])))
             elif opcode == 0x8:  # close: answer it; the server then closes the TCP connection
                 self.close()
-            elif opcode != 0xA and self.on_message is not None:
-                self.on_message(self)
+            elif opcode != 0xA:
+                self.on_data(buf, pos, n)
             del buf[: pos + n]
+
+    def on_upgraded(self) -> None:
+        self.opened.set_result(None)
+
+    def on_data(self, buf: bytearray, pos: int, n: int) -> None:
+        """A data frame whose payload is ``buf[pos : pos + n]``."""
+        if self.on_message is not None:
+            self.on_message(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
@@ -133,6 +144,49 @@ class WSClient(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+# Socket.IO v5 over Engine.IO v4's WebSocket transport, the least a client must do: the server
+# opens with an Engine.IO "0{...}" open packet; the client joins the main namespace with "40"
+# and is in once the server answers "40{"sid":...}"; events are "42[name, data]"; the server's
+# Engine.IO pings "2" must be answered "3" (or it drops the connection after pingTimeout).
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+SOCKETIO_JOIN = client_frame(0x1, b"40")
+SOCKETIO_PONG = client_frame(0x1, b"3")
+
+
+class SocketIOClient(WSClient):
+    """A ``WSClient`` that speaks Socket.IO: ``opened`` once it has joined the namespace, and
+    ``on_message`` runs for every event (``42...``) only, not for the protocol's own packets."""
+
+    def on_upgraded(self) -> None:
+        pass  # opened on the namespace's CONNECT answer
+
+    def on_data(self, buf: bytearray, pos: int, n: int) -> None:
+        kind = buf[pos : pos + 2] if n >= 2 else buf[pos : pos + 1]
+        if kind == b"42":
+            if self.on_message is not None:
+                self.on_message(self)
+        elif kind == b"2":
+            self.write(SOCKETIO_PONG)
+        elif kind[:1] == b"0":
+            self.write(SOCKETIO_JOIN)
+        elif kind == b"40" and not self.opened.done():
+            self.opened.set_result(None)
+        elif kind == b"44" and not self.opened.done():
+            self.opened.set_exception(HandshakeError(bytes(buf[pos : pos + n]).decode()))
+            self.abort()
+
+
+def message_frame(protocol: str, payload: bytes) -> bytes:
+    """The client frame that carries ``payload`` as one message: a text frame, or for
+    ``socketio`` an ``echo`` event (``42["echo","<payload>"]``; the payload is ASCII)."""
+    if protocol == "socketio":
+        payload = b'42["echo","' + payload + b'"]'
+    return client_frame(0x1, payload)
+
+
+CLIENTS: dict[str, type[WSClient]] = {"ws": WSClient, "socketio": SocketIOClient}
 
 
 class HTTPClient(asyncio.Protocol):
@@ -196,6 +250,7 @@ class Worker:
     def __init__(self, index: int, pipe: Connection) -> None:
         self.index, self.pipe = index, pipe
         self.clients: list[WSClient] = []
+        self.protocol = "ws"  # of the open clients: "ws" or "socketio"
         self.commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
     async def run(self) -> None:
@@ -220,9 +275,13 @@ class Worker:
             asyncio.get_running_loop().remove_reader(self.pipe.fileno())
             self.commands.put_nowait(("quit",))
 
-    async def do_open(self, host: str, port: int, path: str, count: int) -> tuple[Any, ...]:
+    async def do_open(
+        self, host: str, port: int, path: str, count: int, protocol: str = "ws"
+    ) -> tuple[Any, ...]:
         loop = asyncio.get_running_loop()
         handshake = upgrade_request(host, port, path)
+        client_class = CLIENTS[protocol]
+        self.protocol = protocol
         errors: Counter[str] = Counter()
         gate = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
         started = monotonic()
@@ -232,7 +291,9 @@ class Worker:
                 for _ in range(3):
                     try:
                         _, client = await asyncio.wait_for(
-                            loop.create_connection(lambda: WSClient(handshake, loop), host, port),
+                            loop.create_connection(
+                                lambda: client_class(handshake, loop), host, port
+                            ),
                             10,
                         )
                         await asyncio.wait_for(client.opened, 10)
@@ -268,7 +329,7 @@ class Worker:
         Counts the echoes sent and received inside [start_at + warm, start_at + warm + duration].
         """
         loop = asyncio.get_running_loop()
-        frame = client_frame(0x1, b"x" * size)
+        frame = message_frame(self.protocol, b"x" * size)
         begin, end = start_at + warm, start_at + warm + duration
         latencies: list[float] = []
         finished = loop.create_future()

@@ -5,7 +5,7 @@
 - ``/echo``: a WebSocket handler that writes every message back;
 - ``GET /broadcast?msg=...``: loops over every connected ``/echo`` handler calling
   ``write_message`` (the naive broadcast) and answers ``{"count": n}``;
-- ``GET /hello``: ``Hello, world!``;
+- ``GET /hello``: ``{"message": "Hello, world!"}`` (a dict, written as JSON);
 - ``GET /stream``: 10 chunks of 1 KiB, each written and flushed (``await self.flush()``);
 - ``GET /<file>``: the files of ``--static-dir``, by Tornado's own ``StaticFileHandler``;
 - ``POST /push?id=...``: writes the body to the one ``/echo?hello=1`` connection with that id
@@ -68,7 +68,7 @@ class PushHandler(tornado.web.RequestHandler):
 
 class HelloHandler(tornado.web.RequestHandler):
     def get(self) -> None:
-        self.write("Hello, world!")
+        self.write({"message": "Hello, world!"})
 
 
 CHUNK = b"0123456789abcde\n" * 64  # 1 KiB

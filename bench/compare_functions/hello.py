@@ -1,7 +1,8 @@
-"""Bench (compare.py): ``GET /fn/hello`` -> ``Hello, world!``."""
+"""Bench (compare.py): ``GET /fn/hello`` -> ``{"message": "Hello, world!"}``, a small dict from
+an ``async def``, as every baseline's ``/hello``."""
 
 from laf_py import FunctionContext
 
 
-async def main(ctx: FunctionContext) -> str:
-    return "Hello, world!"
+async def main(ctx: FunctionContext) -> dict[str, str]:
+    return {"message": "Hello, world!"}
