@@ -34,6 +34,7 @@ from ..cloud.tokens import bearer_token, hide_tokens_in_uri
 from ..core import body as bodies
 from ..core import frames
 from ..core.context import new_request_id
+from ..core.eager import Done, start_now
 from ..core.response import error_body
 from ..runtime import Runtime
 from ..server.activity import Activity
@@ -262,8 +263,23 @@ class AsgiSocketConnection(SocketConnection):
         if message is None:
             return WRITTEN
         size = len(data)
-        self._queued += size
         settings = self.runtime.settings
+        if self._writer is None and size <= settings.max_send_buffer:
+            # Nothing is being sent: send now, in the caller's task. The server's send
+            # usually finishes in its first step (its transport takes the frame), and then
+            # costs no task; one that has to wait (flow control) goes on in the writer.
+            try:
+                work = self._send(message)
+                started = start_now(work) if asyncio.iscoroutine(work) else work
+            except OSError:  # the client is gone: the server tells the reader
+                return None
+            if isinstance(started, Done):
+                return WRITTEN
+            self._queued += size
+            self._outbox.append((message, size, None))
+            self._writer = asyncio.ensure_future(self._write_all(started))
+            return WRITTEN
+        self._queued += size
         if self._queued > settings.max_send_backlog:
             self._close_slow_consumer(None)
             return None
@@ -275,14 +291,20 @@ class AsgiSocketConnection(SocketConnection):
             self._writer = asyncio.ensure_future(self._write_all())
         return sent if sent is not None else WRITTEN
 
-    async def _write_all(self) -> None:
+    async def _write_all(self, sending: Awaitable[None] | None = None) -> None:
+        """Send the outbox in order; ``sending``: the rest of the first message's send, begun
+        by _write."""
         send = self._send
         assert send is not None
         outbox = self._outbox
         try:
             while outbox:
                 message, size, sent = outbox[0]
-                await send(message)
+                if sending is not None:
+                    await sending
+                    sending = None
+                else:
+                    await send(message)
                 outbox.popleft()
                 self._queued -= size
                 if sent is not None and not sent.done():
