@@ -176,11 +176,31 @@ async def test_a_failed_start_fails_the_lifespan_with_the_reason(app_dir: Path) 
     assert "RuntimeError: no" in sent[0]["message"]
 
 
+def test_create_app_takes_settings_as_a_user_writes_them(app_dir: Path) -> None:
+    """Folders as strings, lists for the tuple settings (as the README's example does)."""
+    app = create_app(
+        str(app_dir / "functions"),
+        app_dir=str(app_dir),
+        allowed_hosts=["api.example.com"],
+        allowed_origins=["https://app.example.com"],
+        database_url=f"sqlite:///{app_dir / 'app.db'}",
+        max_body_size="2MiB",
+    )
+    assert app.settings.database_url == f"sqlite+aiosqlite:///{app_dir / 'app.db'}"
+    assert app.settings.max_body_size == 2 * 1024 * 1024
+    assert app.settings.functions_dir == app_dir / "functions"
+    assert app.settings.app_dir == app_dir
+    assert app.settings.allowed_hosts == ("api.example.com",)
+    assert app.settings.allowed_origins == ("https://app.example.com",)
+
+
 def test_a_bad_setting_is_refused_by_create_app(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         create_app(tmp_path / "nowhere", app_dir=tmp_path / "nowhere")
     with pytest.raises(TypeError):
         create_app(tmp_path, no_such_setting=1)
+    with pytest.raises(ConfigError, match="max_body_size='lots' is not valid"):
+        create_app(tmp_path, app_dir=tmp_path, max_body_size="lots")
 
 
 def test_app_from_environment_reads_laf_variables(

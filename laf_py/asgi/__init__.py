@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+from ..config import OPTIONS, Settings
 from .app import LafApp
 
 __all__ = ["LafApp", "app_from_environment", "create_app"]
@@ -32,8 +32,26 @@ def create_app(functions_dir: str | Path | None = None, **settings: Any) -> LafA
     ``allowed_hosts``, ``allowed_origins``, ...): the options of ``laf-py serve``, without
     their dashes. A bad one raises :class:`~laf_py.exceptions.ConfigError` here, saying why."""
     if functions_dir is not None:
-        settings["functions_dir"] = Path(functions_dir)
-    return LafApp(Settings(**settings).validated())
+        settings["functions_dir"] = functions_dir
+    fields = {name: _as_field(name, value) for name, value in settings.items()}
+    return LafApp(Settings(**fields).validated())
+
+
+_OPTIONS = {option.field: option for option in OPTIONS}
+
+
+def _as_field(name: str, value: Any) -> Any:
+    """A keyword as a Settings field holds it: a string is read as ``laf-py serve`` reads
+    the option (``"sqlite:///app.db"``, ``"10MiB"``, ``"a.com,b.com"``), a list of a tuple
+    setting becomes a tuple."""
+    option = _OPTIONS.get(name)
+    if option is None:
+        return value
+    if isinstance(value, str):
+        return option.parse_from(name, value)
+    if isinstance(value, (list, set, frozenset)):
+        return tuple(value)
+    return value
 
 
 def app_from_environment() -> LafApp:
