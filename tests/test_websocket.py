@@ -252,6 +252,42 @@ async def test_messages_are_handled_in_order_without_overlap(serve, functions_di
         assert cloud.shared["load"]["max"] == 1
 
 
+TASK_BOUND = """
+import asyncio
+from laf_py import cloud
+
+async def main(ctx):
+    if ctx.method != "WebSocket:message":
+        return
+    data = ctx.params["data"]
+    before = asyncio.current_task()
+    # A timeout begun before the event's first wait must belong to the task that goes on
+    # with it: were the event's first step run in one task and the rest in another, this
+    # would cancel the wrong one, or never fire.
+    async with asyncio.timeout(0.2 if data == "late" else 5):
+        await asyncio.sleep(1 if data == "late" else 0.01)
+    cloud.shared.setdefault("same_task", []).append(asyncio.current_task() is before)
+    ctx.socket.send("done:" + data)
+"""
+
+
+async def test_an_event_that_waits_stays_in_its_own_task(serve, functions_dir: Path):
+    """Messages whose events wait (an awaited sleep inside asyncio.timeout), sent back to
+    back: each event runs to its end in the task it began in, in order, and a timeout in one
+    fails that call only (its error frame), while the connection goes on."""
+    write_function(functions_dir, "__websocket__", TASK_BOUND)
+    async with serve(functions_dir) as server, websockets.connect(server.ws_url) as ws:
+        for n in ("1", "2", "late", "3"):
+            await ws.send(n)
+        answers = [await recv(ws) for _ in range(4)]
+        assert answers[:2] == ["done:1", "done:2"]
+        assert json.loads(answers[2])["error"]  # the late one timed out: its error frame
+        assert answers[3] == "done:3"
+        assert cloud.shared["same_task"] == [True, True, True]
+        await ws.send("4")
+        assert await recv(ws) == "done:4"
+
+
 async def test_close_waits_for_message_in_flight(serve, functions_dir: Path):
     """The client closes during a slow message: close runs after it, exactly once."""
     write_function(functions_dir, "__websocket__", ORDERED)

@@ -179,7 +179,17 @@ class AsgiSocketConnection(SocketConnection):
     """A SocketConnection whose transport is ASGI: frames become ``websocket.send`` and
     ``websocket.close`` messages, sent in order by one writer."""
 
-    __slots__ = ("_dropped", "_outbox", "_queued", "_reader", "_resumed", "_send", "_writer")
+    __slots__ = (
+        "_dropped",
+        "_handling",
+        "_outbox",
+        "_over",
+        "_queued",
+        "_reader",
+        "_resumed",
+        "_send",
+        "_writer",
+    )
 
     def __init__(
         self,
@@ -201,30 +211,46 @@ class AsgiSocketConnection(SocketConnection):
         self._reader: asyncio.Task[Any] | None = None
         self._resumed: asyncio.Future[None] | None = None
         self._dropped = False
+        self._handling: Awaitable[None] | None = None  # an event begun here that waits
+        self._over: asyncio.Future[None] | None = None  # the connection has ended
 
     async def run(self, receive: Receive, send: Send, request_id: str) -> None:
         """Accept (or refuse: the close frame queued by a refused event goes right behind the
-        accept), send the frames held since the event began, then read until the end."""
+        accept), send the frames held since the event began, then read until the end. The
+        ASGI app returns only once the connection is over: the server closes it then."""
         self._send = send
+        self._over = asyncio.get_running_loop().create_future()
         held, self._early = self._early or [], None
         accept = {"type": "websocket.accept", "headers": [(b"x-request-id", request_id.encode())]}
         await send(accept)
         for frame in held:
             self._write(frame)
+        await self._read_messages(receive)
+        await self._over  # reading may have moved to another task
+
+    async def _read_messages(self, receive: Receive) -> None:
+        """Read in this task until the connection ends, or until this task goes on with an
+        event that waits (reading then goes on in a new task: _start_handling)."""
         self._reader = asyncio.current_task()
+        ended = True
         try:
-            await self._read_all(receive)
+            ended = await self._read_all(receive)
         except asyncio.CancelledError:
             task = self._reader
             if not (self._dropped and task is not None and task.uncancel() == 0):
                 raise  # the server's cancellation, not our own _drop
         finally:
-            self._reader = None
-            if self._writer is not None:
-                self._writer.cancel()
-            self._on_stream_closed()  # idempotent: the close event runs once
+            if ended:
+                self._reader = None
+                if self._writer is not None:
+                    self._writer.cancel()
+                self._on_stream_closed()  # idempotent: the close event runs once
+                if self._over is not None and not self._over.done():
+                    self._over.set_result(None)
 
-    async def _read_all(self, receive: Receive) -> None:
+    async def _read_all(self, receive: Receive) -> bool:
+        """Messages to the handler until the client leaves (True), or until an event this
+        task began waits: this task goes on with it, and reading with a new task (False)."""
         while not self._ended:
             if self._paused:  # too many messages wait: the client waits for us
                 self._resumed = asyncio.get_running_loop().create_future()
@@ -235,6 +261,16 @@ class AsgiSocketConnection(SocketConnection):
             if kind == "websocket.receive":
                 text = message.get("text")
                 self._received(text if text is not None else message.get("bytes") or b"")
+                handling = self._handling
+                if handling is not None:
+                    self._handling = None
+                    # The event waits: it goes on in this task (where its first step ran,
+                    # so asyncio.timeout() and current_task() in it stay true), and reading
+                    # goes on in a task of its own.
+                    loop = asyncio.get_running_loop()
+                    self._reader = loop.create_task(self._read_messages(receive))
+                    await handling
+                    return False
             elif kind == "websocket.disconnect":
                 if self._close is None:
                     code = message.get("code")
@@ -242,7 +278,17 @@ class AsgiSocketConnection(SocketConnection):
                     # client vanished) are what Tornado's close event hears as None.
                     heard = None if code in (1005, 1006) or code is None else int(code)
                     self._close = (heard, message.get("reason") or "")
-                return
+                return True
+        return True
+
+    def _start_handling(self, message: str | bytes) -> None:
+        """No event is running: begin handling ``message`` here, in the reading task. An
+        echo-like event ends in its first step and costs no task at all; one that waits is
+        picked up by _read_all, which goes on with it."""
+        started = start_now(self._handle(message))
+        if not isinstance(started, Done):
+            self._task = asyncio.current_task()  # an event is running: messages wait for it
+            self._handling = started
 
     # -- the transport primitives of SocketConnection ---------------------------------------
 
@@ -251,6 +297,8 @@ class AsgiSocketConnection(SocketConnection):
         resumed = self._resumed
         if resumed is not None and not resumed.done():
             resumed.set_result(None)
+
+    # -- the transport primitives of SocketConnection ---------------------------------------
 
     def _write(self, data: bytes) -> Awaitable[Any] | None:
         """Queue ``data`` (an encoded frame) for the writer. Up to ``--max-send-buffer``

@@ -239,7 +239,7 @@ class SocketConnection:
         if metrics is not None:
             metrics.message_in()
         if self._task is None:
-            self._task = asyncio.ensure_future(self._handle(message))
+            self._start_handling(message)
             return
         waiting = self._waiting
         if waiting is None:
@@ -252,6 +252,11 @@ class SocketConnection:
         waiting.append(message)
         if len(waiting) >= MAX_WAITING:
             self._paused = True
+
+    def _start_handling(self, message: str | bytes) -> None:
+        """No event is running: handle ``message`` (and those that arrive meanwhile) in a
+        task of their own, while reading goes on."""
+        self._task = asyncio.ensure_future(self._handle(message))
 
     async def _handle(self, message: str | bytes) -> None:
         """Handle ``message`` and every message that arrives meanwhile, one at a time."""
