@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,12 +28,82 @@ class FunctionExit(RuntimeError):
     """
 
 
+# What functions mostly return, known not to be awaitable without asking inspect (whose
+# Awaitable check is an ABC's isinstance).
+_NOT_AWAITABLE = frozenset({str, bytes, dict, list, tuple, int, float, bool, type(None)})
+
+
+class _TimeUp(Exception):
+    """A plain ``def`` past its time limit (what its waiter is given)."""
+
+
+class _Deadlines:
+    """The time limits of the plain-``def`` calls waiting for their threads, on one timer.
+
+    A timer per call (arming and cancelling one costs several µs on the loop) would be a good
+    share of a small call's hand-off. This one is armed for the earliest deadline; calls that
+    end leave it at once (a dict), and when it fires, it ends the calls past their deadline and
+    is armed again for the earliest left. Under steady traffic it fires about once per time
+    limit.
+
+    An expired call is given up on (``give_up``: its thread's place goes to a new thread) at
+    once, in deadline order, as a timer per call would: the new thread can take a call queued
+    behind it before that call's own deadline is looked at.
+    """
+
+    __slots__ = ("_at", "_give_up", "_loop", "_timer", "_waiting")
+
+    def __init__(self, give_up: Callable[[asyncio.Future[Any]], None]) -> None:
+        self._give_up = give_up
+        self._waiting: dict[asyncio.Future[Any], float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._at = math.inf
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, call: asyncio.Future[Any], deadline: float
+    ) -> None:
+        if loop is not self._loop:  # a new loop (tests run one per test): start afresh
+            self._waiting.clear()
+            self._timer, self._loop, self._at = None, loop, math.inf
+        self._waiting[call] = deadline
+        if deadline < self._at:
+            self._arm(deadline)
+
+    def discard(self, call: asyncio.Future[Any]) -> None:
+        self._waiting.pop(call, None)
+
+    def _arm(self, deadline: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = deadline
+        self._timer = loop.call_at(deadline, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return  # armed on a loop since replaced
+        self._timer, self._at = None, math.inf
+        now = loop.time()
+        waiting = self._waiting
+        expired = sorted((c for c, d in waiting.items() if d <= now), key=waiting.__getitem__)
+        for call in expired:
+            del waiting[call]
+            if not call.done():
+                call.set_exception(_TimeUp())
+                self._give_up(call)
+        if waiting:
+            self._arm(min(waiting.values()))
+
+
 class Invoker:
     """Runs functions for one runtime: its threads and its default time limit."""
 
     def __init__(self, threads: FunctionThreads, default_timeout: float) -> None:
         self._threads = threads
         self._default_timeout = default_timeout
+        self._deadlines = _Deadlines(threads.abandon)
         # Where the lines of each call are kept: the key of a laf_py.logs.store.LogStore.
         self.log_sink: Any = None
         # Told of every call that raised (the metrics count errors and timeouts per function).
@@ -61,6 +132,8 @@ class Invoker:
             if interceptor is None:
                 if on_reached is not None:
                     on_reached()
+                if not function.is_async and not function.is_generator:
+                    return await self._in_thread(function, ctx, seconds), True
                 # A call that ends in its first step needs no timer: arming and disarming one
                 # costs ~5 µs, a few percent of a small HTTP call.
                 started = start_now(self._run(function, ctx))
@@ -94,6 +167,41 @@ class Invoker:
                 flush_output(ctx)  # a last line without its newline
             current_call.reset(calling)
 
+    async def _in_thread(self, function: Function, ctx: FunctionContext, seconds: float) -> Any:
+        """A plain ``def`` (no interceptor): in a thread, within its time limit. Not
+        ``asyncio.timeout``: the call always waits for its thread, so its limit is always
+        armed, and _Deadlines arms it for a fraction of the cost."""
+        main = function.main
+        assert main is not None, "callers check Function.error first"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        # In the caller's context: the thread sees current_call (and any context variable).
+        call = self._threads.run(contextvars.copy_context().run, main, ctx)
+        deadlines = self._deadlines
+        deadlines.add(loop, call, deadline)
+        try:
+            result = await call
+        except _TimeUp:
+            # The thread cannot be stopped, but it must not keep its place in the pool while
+            # it finishes in the background.
+            self._threads.abandon(call)
+            raise FunctionTimeoutError(function.name, seconds) from None
+        except asyncio.CancelledError:  # the server is stopping
+            self._threads.abandon(call)
+            raise
+        finally:
+            deadlines.discard(call)
+        if type(result) not in _NOT_AWAITABLE and inspect.isawaitable(result):
+            # a plain def that returned a coroutine
+            try:
+                async with asyncio.timeout_at(deadline) as limit:
+                    result = await result
+            except TimeoutError:
+                if limit.expired():
+                    raise FunctionTimeoutError(function.name, seconds) from None
+                raise
+        return result
+
     def _failed(self, function: Function, exc: BaseException) -> BaseException:
         if self.on_failure is not None:
             self.on_failure(function.name, exc)
@@ -107,9 +215,9 @@ class Invoker:
         if function.is_generator:
             return main(ctx, *extra)  # only makes the generator: no thread needed
         # In the caller's context: the thread sees current_call (and any context variable).
-        call = self._threads.submit(contextvars.copy_context().run, main, ctx, *extra)
+        call = self._threads.run(contextvars.copy_context().run, main, ctx, *extra)
         try:
-            result = await asyncio.wrap_future(call)
+            result = await call
         except asyncio.CancelledError:
             # Past its time limit (or the server is stopping): the thread cannot be stopped,
             # but it must not keep its place in the pool while it finishes in the background.

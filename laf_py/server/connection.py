@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
+from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 from tornado.util import _websocket_mask
 
@@ -78,6 +79,7 @@ class SocketConnection:
         "_close",
         "_close_sent",
         "_closing_timer",
+        "_direct",
         "_early",
         "_ended",
         "_event_ran",
@@ -124,6 +126,7 @@ class SocketConnection:
         self._waiting: deque[str | bytes] | None = None  # made when a message has to wait
         self._task: asyncio.Task[None] | None = None  # handling messages, or the close event
         self._paused = False  # not reading: too many messages are waiting
+        self._direct = False  # reading straight from the socket (see _read)
         self._event_ran = False  # the connection event reached the function: close follows
         self._close: tuple[int | None, str] | None = None  # who closed first, and why
         self._close_sent = False
@@ -179,6 +182,9 @@ class SocketConnection:
             self._on_stream_closed()
             return
         stream.set_close_callback(self._on_stream_closed)
+        # Reading straight from the socket (see _read). Instance attributes: this stream only.
+        stream._handle_read = self._handle_read  # type: ignore[method-assign]
+        stream.reading = self._reading  # type: ignore[method-assign]
         self._write(b"".join([response, *held]))
         if self._close_sent:
             self._await_close_answer()
@@ -186,23 +192,68 @@ class SocketConnection:
         self._read()
 
     # -- reading ---------------------------------------------------------------------------
+    #
+    # Frames are read straight from the socket when it is readable: the stream's own
+    # ``_handle_read`` (and ``reading``) are replaced on this stream (start), so a readable
+    # socket costs one ``recv`` and the frames are handled in that same callback, with no
+    # Future, no second ``recv`` that finds nothing and no extra turn of the loop per message.
+    # Whenever that is not the mode (paused, closing, or data Tornado already holds in its
+    # buffer), the stream behaves exactly as Tornado's own and is read through ``read_bytes``:
+    # when paused, Tornado reads one chunk into its buffer and stops listening; what it holds
+    # is read through it, in order, before reading straight from the socket again.
 
     def _read(self) -> None:
+        """Read on: what the stream holds first, through a read of its own, else straight."""
         stream = self._stream
         assert stream is not None
-        # (try/except and a type comment rather than contextlib.suppress and cast(): this
-        # runs for every message, and both of those are function calls)
-        try:
-            reading: asyncio.Future[bytes] = stream.read_bytes(READ_CHUNK, partial=True)  # type: ignore[assignment]
-        except StreamClosedError:
-            return  # the close callback follows
-        reading.add_done_callback(self._on_data)
+        if stream._read_buffer_size:  # (Tornado's buffer, read directly: cheap)
+            self._direct = False
+            # (try/except and a type comment rather than contextlib.suppress and cast())
+            try:
+                reading: asyncio.Future[bytes] = stream.read_bytes(READ_CHUNK, partial=True)  # type: ignore[assignment]
+            except StreamClosedError:
+                return  # the close callback follows
+            reading.add_done_callback(self._on_data)
+            return
+        self._direct = True
+        stream._add_io_state(IOLoop.READ)  # listen (a no-op when it already does)
 
     def _on_data(self, future: asyncio.Future[bytes]) -> None:
+        """What a read through the stream gave."""
         if future.cancelled() or future.exception() is not None:
             return  # the stream closed; its close callback follows
+        if self._feed(future.result()) and not self._paused and not self._ended:
+            self._read()
+
+    def _handle_read(self) -> None:
+        """The stream's ``_handle_read`` on this connection: its socket is readable."""
+        stream = self._stream
+        assert stream is not None
+        if not self._direct:
+            IOStream._handle_read(stream)  # Tornado's own
+            return
+        try:
+            data = stream.socket.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # reset by the client: as Tornado's read, close
+            stream.close(exc_info=exc)
+            return
+        if not data:
+            stream.close()  # the client closed its side
+            return
+        self._feed(data)
+
+    def _reading(self) -> bool:
+        """The stream's ``reading`` on this connection: Tornado listens for reads while it is
+        True, also while it writes."""
+        stream = self._stream
+        return self._direct or (stream is not None and stream._read_future is not None)
+
+    def _feed(self, data: bytes) -> bool:
+        """Handle what the client sent; False once it closed or failed: read no more."""
         completed = False  # a message ended in this read: the next one has a deadline of its own
-        for kind, value in self._parser.feed(future.result()):
+        for kind, value in self._parser.feed(data):
             if kind == parsing.TEXT or kind == parsing.BINARY:
                 completed = True
                 self._received(value)
@@ -212,11 +263,13 @@ class SocketConnection:
                 if not self._close_sent:
                     self._write(frames.frame(parsing.PONG, value))
             elif kind == parsing.CLOSE:
+                self._direct = False
                 self._client_closed(*value)
-                return
+                return False
             else:  # FAILED: the client broke the protocol
+                self._direct = False
                 self._fail(*value)
-                return
+                return False
         # A frame, or a message in fragments, begun and not complete: it must be within
         # --message-timeout. (The parser's state, read directly: this runs for every read.)
         parser = self._parser
@@ -228,8 +281,7 @@ class SocketConnection:
             timeout = self.runtime.settings.message_timeout
             loop = asyncio.get_running_loop()
             self._assembly = loop.call_later(timeout, self._message_timed_out)
-        if not self._paused and not self._ended:
-            self._read()
+        return True
 
     def _received(self, message: str | bytes) -> None:
         if self._close_sent:
@@ -252,11 +304,12 @@ class SocketConnection:
         waiting.append(message)
         if len(waiting) >= MAX_WAITING:
             self._paused = True
+            self._direct = False  # Tornado reads one chunk more into its buffer, then stops
 
     def _start_handling(self, message: str | bytes) -> None:
         """No event is running: handle ``message`` (and those that arrive meanwhile) in a
         task of their own, while reading goes on."""
-        self._task = asyncio.ensure_future(self._handle(message))
+        self._task = asyncio.get_running_loop().create_task(self._handle(message))
 
     async def _handle(self, message: str | bytes) -> None:
         """Handle ``message`` and every message that arrives meanwhile, one at a time."""
@@ -422,6 +475,7 @@ class SocketConnection:
         if self._ended:
             return
         self._ended = True
+        self._direct = False
         if self._assembly is not None:
             self._assembly.cancel()
         if self._closing_timer is not None:
