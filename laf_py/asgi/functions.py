@@ -43,6 +43,8 @@ class PlainCalls:
     def decide(self, scope: Scope, path: str) -> Plain | None:
         if path[:4] != "/fn/" or scope["method"] not in ("GET", "HEAD", "POST", "DELETE"):
             return None  # the common methods; the bridge serves the others as well
+        if scope.get("http_version") != "1.1":
+            return None  # HTTP/2 and 3 bodies need no Content-Length: leave them to the bridge
         return self.functions.decide(start_line(scope, path), request_headers(scope))
 
     async def answer(self, plain: Plain, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,16 +81,19 @@ class PlainCalls:
         if head is None:
             return await self._hand_over(plain, scope, receive, send, ctx, started, result)
         status = rendered.status
-        await send({"type": "http.response.start", "status": status, "headers": head})
-        await send({"type": "http.response.body", "body": rendered.body})
-        seconds = time.time() - started
         method, uri, _ = plain.start_line
-        client = scope.get("client")
-        log_access(status, method, uri, client[0] if client else None, seconds, request_id)
-        metrics = runtime.metrics
-        if metrics is not None:
-            metrics.http_request(function.name, method, status, seconds)
-        activity.end_request()
+        body = b"" if method == "HEAD" else rendered.body  # its Content-Length, not its body
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": head})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            seconds = time.time() - started
+            client = scope.get("client")
+            log_access(status, method, uri, client[0] if client else None, seconds, request_id)
+            metrics = runtime.metrics
+            if metrics is not None:
+                metrics.http_request(function.name, method, status, seconds)
+            activity.end_request()
 
     async def _hand_over(
         self,

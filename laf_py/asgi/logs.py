@@ -13,8 +13,15 @@ from ..cloud.tokens import hide_tokens, hide_tokens_in_uri
 
 __all__ = ["hide_tokens_in_server_logs"]
 
-# uvicorn's loggers, and those hypercorn and granian log requests on.
-SERVER_LOGGERS = ("uvicorn.error", "uvicorn.access", "hypercorn.error", "hypercorn.access")
+# uvicorn's loggers, hypercorn's and granian's.
+SERVER_LOGGERS = (
+    "uvicorn.error",
+    "uvicorn.access",
+    "hypercorn.error",
+    "hypercorn.access",
+    "_granian",
+    "granian.access",
+)
 
 
 _TARGET = re.compile(r"/[^\s\"]*")  # a request target in a line: /path?query
@@ -32,11 +39,19 @@ class _HideTokens(logging.Filter):
         except Exception:
             return True  # logging reports the broken record itself
         hidden = hide_tokens_in_line(message)
-        if hidden != message:
+        if hidden == message:
+            return True
+        if isinstance(record.args, tuple):
+            # Each argument hidden in place: uvicorn's access formatter unpacks the args.
+            record.args = tuple(
+                hide_tokens_in_line(arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+            record.msg = hide_tokens_in_line(str(record.msg))
+        else:
             record.msg, record.args = hidden, None
-            # uvicorn's coloured copy of the message, used by its own formatter
-            if hasattr(record, "color_message"):
-                record.color_message = hidden
+        # uvicorn's coloured copy of the message, used by its own formatter
+        if hasattr(record, "color_message"):
+            record.color_message = hide_tokens_in_line(str(record.color_message))
         return True
 
 

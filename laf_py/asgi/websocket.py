@@ -80,7 +80,11 @@ async def serve_websocket(
     connection = AsgiSocketConnection(
         runtime, activity, keepalive, headers, query, user, asked.remote_ip
     )
-    ended_with, request_id = await connection.connect()
+    try:
+        ended_with, request_id = await connection.connect()
+    except BaseException:  # cancelled by the server (the client is gone)
+        connection._on_stream_closed()
+        raise
     _log(asked, ended_with, started)
     await connection.run(receive, send, request_id)
 
@@ -220,9 +224,17 @@ class AsgiSocketConnection(SocketConnection):
         ASGI app returns only once the connection is over: the server closes it then."""
         self._send = send
         self._over = asyncio.get_running_loop().create_future()
-        held, self._early = self._early or [], None
         accept = {"type": "websocket.accept", "headers": [(b"x-request-id", request_id.encode())]}
-        await send(accept)
+        try:
+            await send(accept)
+        except BaseException as exc:  # the client left during the connection event
+            self._early = None
+            self._on_stream_closed()  # its close event, and the end of the connection
+            if isinstance(exc, OSError):
+                return
+            raise
+        # Frames sent until the accept is out were held too: they follow it, in order.
+        held, self._early = self._early or [], None
         for frame in held:
             self._write(frame)
         await self._read_messages(receive)
@@ -244,6 +256,7 @@ class AsgiSocketConnection(SocketConnection):
                 self._reader = None
                 if self._writer is not None:
                     self._writer.cancel()
+                self._release_waiters()  # a send awaited by a function fails: it goes on
                 self._on_stream_closed()  # idempotent: the close event runs once
                 if self._over is not None and not self._over.done():
                     self._over.set_result(None)
@@ -251,7 +264,7 @@ class AsgiSocketConnection(SocketConnection):
     async def _read_all(self, receive: Receive) -> bool:
         """Messages to the handler until the client leaves (True), or until an event this
         task began waits: this task goes on with it, and reading with a new task (False)."""
-        while not self._ended:
+        while not self._ended and not self._dropped:
             if self._paused:  # too many messages wait: the client waits for us
                 self._resumed = asyncio.get_running_loop().create_future()
                 await self._resumed
@@ -264,6 +277,9 @@ class AsgiSocketConnection(SocketConnection):
                 handling = self._handling
                 if handling is not None:
                     self._handling = None
+                    if self._dropped or self._ended:  # the event dropped its own connection
+                        await handling
+                        return True
                     # The event waits: it goes on in this task (where its first step ran,
                     # so asyncio.timeout() and current_task() in it stay true), and reading
                     # goes on in a task of its own.
@@ -359,6 +375,9 @@ class AsgiSocketConnection(SocketConnection):
                     sent.set_result(None)
         except OSError:  # the client is gone: the server tells the reader
             self._release_waiters()
+        except asyncio.CancelledError:  # the connection ended: nothing more goes out
+            self._release_waiters()
+            raise
         finally:
             self._writer = None
 
@@ -392,7 +411,10 @@ class AsgiSocketConnection(SocketConnection):
         self._release_waiters()
         if self._writer is not None:
             self._writer.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-        else:
+        reader = self._reader
+        if reader is None:
             self._on_stream_closed()
+        elif reader is not asyncio.current_task():
+            reader.cancel()
+        # (Dropped from within the reading task, by an event it runs: _read_all ends there,
+        # after the event, which is not cancelled: functions never see their socket's end so.)
