@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,16 +14,14 @@ from ..server.activity import Activity
 from ..server.app import make_app
 from ..server.fast_http import FastFunctions
 from ..server.keepalive import Keepalive
+from ..server.runner import SHUTDOWN_REASON
 from .bridge import Receive, Scope, Send, serve_http
 from .functions import PlainCalls
 from .logs import hide_tokens_in_server_logs
 from .websocket import refuse_route, serve_websocket
 
-__all__ = ["SHUTDOWN_REASON", "LafApp"]
+__all__ = ["LafApp"]
 
-log = logging.getLogger("laf_py")
-
-SHUTDOWN_REASON = "server shutting down"
 WEBSOCKET_PATH = "/__websocket__"
 
 
@@ -107,16 +104,7 @@ class LafApp:
         deadline = loop.time() + grace
         self.activity.draining = True
         self.runtime.stop_scheduling()
-        self.activity.close_connections(1001, SHUTDOWN_REASON)
-        if not await self.activity.wait_idle(grace):
-            log.warning(
-                "shutdown grace of %gs ran out with %d call(s) and %d connection(s) in flight",
-                grace,
-                self.activity.requests,
-                self.activity.connections,
-            )
-            self.activity.close_connections(1001, SHUTDOWN_REASON)
-            await self.activity.wait_idle(min(grace, 1.0))
+        await self.activity.drain(grace, SHUTDOWN_REASON)
         await self.runtime.stop(timeout=max(0.0, deadline - loop.time()))
 
     @contextlib.asynccontextmanager

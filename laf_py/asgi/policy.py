@@ -8,10 +8,9 @@ from typing import Any
 
 import tornado.httputil
 
-from ..cloud.tokens import hide_tokens, hide_tokens_in_uri
 from ..config import Settings
 from ..server import cors
-from ..server.base import HostPolicy, log
+from ..server.base import host_refusal, served_host
 
 __all__ = ["Asked"]
 
@@ -45,26 +44,12 @@ class Asked:
 
     @property
     def served_host(self) -> str | None:
-        headers = self.request.headers
-        if self.settings.trust_proxy_headers and "X-Forwarded-Host" in headers:
-            forwarded = headers["X-Forwarded-Host"].rsplit(",", 1)[-1].strip()
-            if forwarded:
-                return forwarded
-        return headers.get("Host")
+        return served_host(self.request.headers, self.settings.trust_proxy_headers)
 
     def refused_host(self) -> str | None:
         """The error message when ``Host`` names a host this server does not serve."""
-        host = self.served_host
-        if host is None or HostPolicy.of(self.settings).allows(host):
-            return None
-        shown = hide_tokens(host[:200])
-        log.warning(
-            "refused %s %s: Host %r is not allowed (see --allowed-hosts / LAF_ALLOWED_HOSTS)",
-            self.request.method,
-            hide_tokens_in_uri(self.request.path),
-            shown,
-        )
-        return f"Host {shown!r} is not allowed: add it to --allowed-hosts (LAF_ALLOWED_HOSTS)"
+        request = self.request
+        return host_refusal(self.settings, self.served_host, request.method, request.path)
 
     def refused_origin(self, what: str) -> str | None:
         """The error message when a page of an origin not allowed makes this request."""

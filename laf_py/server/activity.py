@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol
 
 __all__ = ["Activity", "Connection"]
+
+log = logging.getLogger("laf_py")
 
 
 class Connection(Protocol):
@@ -58,3 +61,19 @@ class Activity:
             except TimeoutError:
                 return False
         return True
+
+    async def drain(self, grace: float, reason: str) -> None:
+        """Shutdown, once new work is refused: close every connection (code 1001, so each
+        close event runs) and wait up to ``grace`` for calls and connections to finish; past
+        it, drop the connections still open and give their close events a moment more, not
+        the calls that hang."""
+        self.close_connections(1001, reason)
+        if not await self.wait_idle(grace):
+            log.warning(
+                "shutdown grace of %gs ran out with %d call(s) and %d connection(s) in flight",
+                grace,
+                self.requests,
+                self.connections,
+            )
+            self.close_connections(1001, reason)
+            await self.wait_idle(min(grace, 1.0))

@@ -30,6 +30,7 @@ __all__ = [
     "HostPolicy",
     "NotFoundHandler",
     "host_name",
+    "host_refusal",
     "served_host",
 ]
 
@@ -113,6 +114,21 @@ def served_host(headers: Mapping[str, str], trust_proxy_headers: bool) -> str | 
     return headers["Host"] if "Host" in headers else None  # noqa: SIM401 (HTTPHeaders.get raises inside)
 
 
+def host_refusal(settings: Settings, host: str | None, method: str, path: str) -> str | None:
+    """Why a request for ``host`` is refused (``--allowed-hosts``), logged once; None when it
+    is served. A request without ``Host`` (HTTP/1.0) is not checked: browsers always send one."""
+    if host is None or HostPolicy.of(settings).allows(host):
+        return None
+    shown = hide_tokens(host[:200])
+    log.warning(
+        "refused %s %s: Host %r is not allowed (see --allowed-hosts / LAF_ALLOWED_HOSTS)",
+        method,
+        hide_tokens_in_uri(path),
+        shown,
+    )
+    return f"Host {shown!r} is not allowed: add it to --allowed-hosts (LAF_ALLOWED_HOSTS)"
+
+
 @functools.lru_cache(maxsize=8)
 def _policy(allowed_hosts: tuple[str, ...] | None, bound: str) -> HostPolicy:
     if allowed_hosts is None:
@@ -191,22 +207,13 @@ class BaseHandler(tornado.web.RequestHandler):
         browsers always send one."""
         if self._host_refused is not None:
             return self._host_refused
-        host = self.served_host
-        self._host_refused = refused = host is not None and not HostPolicy.of(
-            self.runtime.settings
-        ).allows(host)
-        if refused:
-            assert host is not None
-            shown = hide_tokens(host[:200])
-            log.warning(
-                "refused %s %s: Host %r is not allowed (see --allowed-hosts / LAF_ALLOWED_HOSTS)",
-                self.request.method,
-                hide_tokens_in_uri(self.request.path),
-                shown,
-            )
-            self.send_error_json(
-                400, f"Host {shown!r} is not allowed: add it to --allowed-hosts (LAF_ALLOWED_HOSTS)"
-            )
+        request = self.request
+        message = host_refusal(
+            self.runtime.settings, self.served_host, request.method or "", request.path
+        )
+        self._host_refused = refused = message is not None
+        if message is not None:
+            self.send_error_json(400, message)
         return refused
 
     # -- tokens -----------------------------------------------------------------------------

@@ -116,18 +116,7 @@ class Server:
         self.runtime.stop_scheduling()
         if self._http is not None:
             self._http.stop()
-        self.activity.close_connections(1001, SHUTDOWN_REASON)
-        if not await self.activity.wait_idle(grace):
-            log.warning(
-                "shutdown grace of %gs ran out with %d call(s) and %d connection(s) in flight",
-                grace,
-                self.activity.requests,
-                self.activity.connections,
-            )
-            # Drop the connections still open, so their close events run while functions
-            # can still be called; wait a moment for those events, not for hung calls.
-            self.activity.close_connections(1001, SHUTDOWN_REASON)
-            await self.activity.wait_idle(min(grace, 1.0))
+        await self.activity.drain(grace, SHUTDOWN_REASON)
         self.keepalive.stop()
         if self._http is not None:
             await self._http.close_all_connections()
