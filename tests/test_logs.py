@@ -323,6 +323,11 @@ async def test_sweep_drops_old_lines_and_keeps_each_functions_newest(
 ) -> None:
     write_function(functions_dir, "talk", "def main(ctx):\n    print('said', ctx.query['n'])\n")
     monkeypatch.setattr(log_store, "MAX_LINES_PER_FUNCTION", 3)
+
+    async def no_background_sweeps(self: log_store.LogStore) -> None:
+        await asyncio.Event().wait()  # the server's own sweep at start-up would race this one
+
+    monkeypatch.setattr(log_store.LogStore, "_sweep_forever", no_background_sweeps)
     async with serve(functions_dir, log_retention=3600) as server:
         store = server.server.runtime.logs
         assert store is not None
