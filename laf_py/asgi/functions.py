@@ -19,8 +19,7 @@ from typing import Any
 
 import tornado.httputil
 
-from ..core.body import parse_query
-from ..core.context import FunctionContext, new_request_id
+from ..core.context import FunctionContext
 from ..core.response import render
 from ..core.stream import is_stream
 from ..server.app import log_access
@@ -51,15 +50,8 @@ class PlainCalls:
         functions = self.functions
         runtime = functions.runtime
         started = time.time()
-        request_id = new_request_id()
-        ctx = FunctionContext(
-            plain.method,
-            plain.name,
-            headers=plain.headers,
-            query=parse_query(plain.query),
-            user=plain.user,
-            request_id=request_id,
-        )
+        ctx = plain.context()
+        request_id = ctx.request_id
         function = plain.function
         activity = functions.activity
         activity.begin_request()

@@ -10,6 +10,7 @@ from tornado.log import access_log
 
 from ..cloud.tokens import hide_tokens, hide_tokens_in_uri
 from ..core.context import current_call
+from ..logs.hidden import hide_tokens_in
 from ..runtime import Runtime
 from .activity import Activity
 from .base import NotFoundHandler
@@ -74,28 +75,10 @@ def log_access(
         current_call.reset(outside)
 
 
-class _HideTokens(logging.Filter):
-    """Tornado's own log lines without tokens: a request it refuses as malformed is logged
-    with the header value or request line it could not parse."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True  # logging reports the broken record itself
-        hidden = hide_tokens(message)
-        if hidden != message:
-            record.msg, record.args = hidden, None
-        return True
-
-
-_HIDE_TOKENS = _HideTokens()
-
-
 def hide_tokens_in_tornado_logs() -> None:
-    """Install the filter (once: a logger keeps one copy of a filter)."""
-    for name in ("tornado.general", "tornado.application"):
-        logging.getLogger(name).addFilter(_HIDE_TOKENS)
+    """Tornado's own lines without tokens: a request it refuses as malformed is logged with
+    the header value or request line it could not parse."""
+    hide_tokens_in("tornado.general", "tornado.application")
 
 
 def make_app(runtime: Runtime, activity: Activity, keepalive: Keepalive) -> tornado.web.Application:

@@ -81,6 +81,17 @@ class Plain:
     query: str
     user: dict[str, Any] | None
 
+    def context(self) -> FunctionContext:
+        """The call's ``ctx``, with a request id of its own."""
+        return FunctionContext(
+            self.method,
+            self.name,
+            headers=self.headers,
+            query=parse_query(self.query),
+            user=self.user,
+            request_id=new_request_id(),
+        )
+
 
 class FastFunctions:
     """Decides which requests are plain, and holds what answering them needs."""
@@ -330,15 +341,8 @@ class FastConnection(HTTP1ServerConnection):
             context._apply_xheaders(request.headers)
             remote_ip, protocol = context.remote_ip, context.protocol
             context._unapply_xheaders()
-        request_id = new_request_id()
-        ctx = FunctionContext(
-            request.method,
-            request.name,
-            headers=request.headers,
-            query=parse_query(request.query),
-            user=request.user,
-            request_id=request_id,
-        )
+        ctx = request.context()
+        request_id = ctx.request_id
         function = request.function
         activity = functions.activity
         activity.begin_request()
